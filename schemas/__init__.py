@@ -1,0 +1,93 @@
+"""Avro contracts and the Confluent wire format (magic byte 0, 4-byte schema id, Avro body).
+
+By default the ids come from this repository (``LOCAL_IDS``): stable, no
+registry needed, and the same bytes a Confluent client would write. With a
+Schema Registry URL the schemas are registered under ``<topic>-value`` and the
+registry's ids are used instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from importlib import resources
+from typing import Any
+
+import fastavro
+
+CAPTURE = "genealogy.CaptureBatch"
+EDGES = "genealogy.EdgeBatch"
+DEAD_LETTER = "genealogy.DeadLetter"
+
+_FILES = {CAPTURE: "capture_batch.avsc", EDGES: "edge_batch.avsc", DEAD_LETTER: "dead_letter.avsc"}
+# Fixed ids for the repository's own registry. Never reuse or renumber an id:
+# a new version of a schema gets a new id, so old messages stay readable.
+LOCAL_IDS = {CAPTURE: 1, EDGES: 2, DEAD_LETTER: 3}
+
+_HEADER = struct.Struct(">bI")
+
+
+class DecodeError(ValueError):
+    """Bytes that are not a readable message of a known schema; the message says why."""
+
+
+def schema_text(name: str) -> str:
+    return resources.files(__name__).joinpath(_FILES[name]).read_text()
+
+
+def parsed(name: str) -> Any:
+    return fastavro.parse_schema(json.loads(schema_text(name)))
+
+
+class Serde:
+    """Encode/decode records of the three contracts under a given id assignment."""
+
+    def __init__(self, ids: dict[str, int]):
+        self._ids = dict(ids)
+        self._schemas = {name: parsed(name) for name in ids}
+        self._by_id = {schema_id: name for name, schema_id in ids.items()}
+
+    def encode(self, name: str, record: dict) -> bytes:
+        buf = io.BytesIO()
+        buf.write(_HEADER.pack(0, self._ids[name]))
+        fastavro.schemaless_writer(buf, self._schemas[name], record)
+        return buf.getvalue()
+
+    def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict]:
+        if data is None or len(data) < _HEADER.size:
+            raise DecodeError(f"message of {0 if data is None else len(data)} bytes is shorter than the 5-byte Confluent header")
+        magic, schema_id = _HEADER.unpack_from(data)
+        if magic != 0:
+            raise DecodeError(f"magic byte is {magic}, not 0: not Confluent Avro wire format")
+        name = self._by_id.get(schema_id)
+        if name is None:
+            raise DecodeError(f"unknown schema id {schema_id}")
+        if expect is not None and name != expect:
+            raise DecodeError(f"schema id {schema_id} is {name}, expected {expect}")
+        try:
+            record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size:]), self._schemas[name], return_record_name=True)
+        except Exception as exc:  # fastavro raises several types for truncated or corrupt bodies
+            raise DecodeError(f"Avro body does not match {name}: {type(exc).__name__}: {exc}") from exc
+        return name, record
+
+
+def local_serde() -> Serde:
+    return Serde(LOCAL_IDS)
+
+
+def registry_serde(url: str, topics: dict[str, str]) -> Serde:
+    """Register each schema under ``<topic>-value`` in a Confluent Schema Registry and use its ids."""
+    from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+    client = SchemaRegistryClient({"url": url})
+    ids = {name: client.register_schema(f"{topic}-value", Schema(schema_text(name), "AVRO")) for name, topic in topics.items()}
+    return Serde(ids)
+
+
+def serde_for(settings: Any) -> Serde:
+    if settings.schema_registry_url:
+        return registry_serde(settings.schema_registry_url, {
+            CAPTURE: settings.topic_capture, EDGES: settings.topic_edges, DEAD_LETTER: settings.topic_dead_letters,
+        })
+    return local_serde()

@@ -1,0 +1,106 @@
+-- Applied at every start; every statement is idempotent.
+-- Edges are stored twice, each copy sorted for one direction, so forward
+-- (where-used) and backward (as-built) traces are both primary-key lookups.
+-- ReplacingMergeTree folds redelivered rows (same edge_id) in the background;
+-- every query reads node sets with DISTINCT or counts uniqExact(edge_id), so a
+-- duplicate that is not yet merged never shows up in an answer either.
+
+CREATE TABLE IF NOT EXISTS edges (
+    edge_id      UInt64,
+    child        String,
+    parent       String,
+    relation     LowCardinality(String),
+    event_time   DateTime64(3, 'UTC'),
+    station      LowCardinality(String),
+    operator     LowCardinality(String),
+    work_order   LowCardinality(String),
+    parent_lot   String,
+    quantity     Float64,
+    source_event String,
+    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY (child, parent, edge_id);
+
+CREATE TABLE IF NOT EXISTS edges_by_parent (
+    edge_id    UInt64,
+    parent     String,
+    child      String,
+    relation   LowCardinality(String),
+    event_time DateTime64(3, 'UTC'),
+    station    LowCardinality(String)
+) ENGINE = ReplacingMergeTree
+ORDER BY (parent, child, edge_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS edges_by_parent_mv TO edges_by_parent AS
+SELECT edge_id, parent, child, relation, event_time, station FROM edges;
+
+CREATE TABLE IF NOT EXISTS units (
+    unit           String,
+    production_lot String,
+    work_order     LowCardinality(String),
+    station        LowCardinality(String),
+    operator       LowCardinality(String),
+    completed_at   DateTime64(3, 'UTC'),
+    event_id       String
+) ENGINE = ReplacingMergeTree
+ORDER BY (unit, event_id);
+
+CREATE TABLE IF NOT EXISTS lot_members (
+    production_lot String,
+    unit           String
+) ENGINE = ReplacingMergeTree
+ORDER BY (production_lot, unit);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS lot_members_mv TO lot_members AS
+SELECT production_lot, unit FROM units;
+
+-- Every node id by its bare identifier, so a user can type "RL-0042" instead of
+-- "lot:CAP-10UF:RL-0042".
+CREATE TABLE IF NOT EXISTS nodes (
+    ident String,
+    node  String,
+    kind  LowCardinality(String)
+) ENGINE = ReplacingMergeTree
+ORDER BY (ident, node);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS nodes_from_edges_mv TO nodes AS
+SELECT substring(n, position(n, ':', position(n, ':') + 1) + 1) AS ident,
+       n AS node,
+       substring(n, 1, position(n, ':') - 1) AS kind
+FROM edges ARRAY JOIN [child, parent] AS n;
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS nodes_from_units_mv TO nodes AS
+SELECT substring(n, position(n, ':', position(n, ':') + 1) + 1) AS ident,
+       n AS node,
+       substring(n, 1, position(n, ':') - 1) AS kind
+FROM units ARRAY JOIN [unit, production_lot] AS n;
+
+CREATE TABLE IF NOT EXISTS capture_events (
+    event_id   String,
+    kind       LowCardinality(String),
+    station    LowCardinality(String),
+    event_time DateTime64(3, 'UTC'),
+    source     LowCardinality(String),
+    batch_id   String,
+    topic      LowCardinality(String),
+    partition  UInt32,
+    offset     UInt64,
+    payload    String
+) ENGINE = ReplacingMergeTree
+ORDER BY (station, event_time, event_id);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    dead_letter_id String,
+    stage          LowCardinality(String),
+    reason         String,
+    topic          LowCardinality(String),
+    partition      UInt32,
+    offset         UInt64,
+    source         String,
+    event_id       String,
+    event_kind     LowCardinality(String),
+    payload        String,
+    occurred_at    DateTime64(3, 'UTC'),
+    inserted_at    DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY (dead_letter_id);

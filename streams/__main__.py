@@ -1,0 +1,3 @@
+from streams.app import app
+
+app.main()

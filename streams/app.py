@@ -1,0 +1,134 @@
+"""The Faust topology.
+
+    genealogy.capture (CaptureBatch, key = station)
+        -> derive_edges: decode, validate, join, derive   [table station-join]
+            -> genealogy.edges        (EdgeBatch)
+            -> genealogy.dead-letters (DeadLetter)
+    idle_stations (timer): a station that went quiet gets a heartbeat so its
+    pending completions resolve without waiting for its next event.
+
+Run one or more workers with ``python -m streams worker``; they share the
+consumer group ``<app_id>`` and split the capture partitions between them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+
+import faust
+
+import schemas
+from genealogy.settings import Settings
+from streams.derive import Derived, Rejected, derive
+
+log = logging.getLogger(__name__)
+
+settings = Settings()
+serde = schemas.serde_for(settings)
+worker_dir = settings.data_dir / "faust" / str(os.getpid())
+worker_dir.mkdir(parents=True, exist_ok=True)
+
+app = faust.App(
+    settings.app_id,
+    broker=f"kafka://{settings.kafka_bootstrap}",
+    store="memory://",
+    web_enabled=False,
+    datadir=str(worker_dir),
+    topic_partitions=settings.partitions,
+    topic_replication_factor=1,
+    consumer_auto_offset_reset="earliest",
+)
+
+capture_topic = app.topic(settings.topic_capture, key_type=bytes, value_type=bytes,
+                          key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+edges_topic = app.topic(settings.topic_edges, key_serializer="raw", value_serializer="raw")
+dead_letter_topic = app.topic(settings.topic_dead_letters, key_serializer="raw", value_serializer="raw")
+
+# station -> temporal join state (see streams.join); changelogged, so a restarted
+# or rebalanced worker resumes with the state the previous owner had.
+station_state = app.Table("station-join", default=None, partitions=settings.partitions)
+
+# station -> (wall clock of last activity, newest event time, pending completions);
+# only for the idle timer, so it lives in worker memory, not in the table.
+activity: dict[str, tuple[float, int, int]] = {}
+
+
+def dead_letter(stage: str, reason: str, message, source: str, event_id: str = "", kind: str = "",
+                payload: bytes | None = None) -> bytes:
+    ident = hashlib.blake2b(f"{message.topic}:{message.partition}:{message.offset}:{event_id}".encode(),
+                            digest_size=12).hexdigest()
+    return serde.encode(schemas.DEAD_LETTER, {
+        "dead_letter_id": ident, "stage": stage, "reason": reason, "topic": message.topic,
+        "partition": message.partition, "offset": message.offset, "source": source,
+        "event_id": event_id, "event_kind": kind,
+        "payload": payload if payload is not None else (message.value or b""),
+        "occurred_ms": int(time.time() * 1000),
+    })
+
+
+def single_event_batch(batch: dict, r: Rejected) -> bytes:
+    """A rejected event wrapped as a one-event capture batch, so it can be replayed as it is."""
+    return serde.encode(schemas.CAPTURE, {"batch_id": f"{batch['batch_id']}/{r.event.get('event_id', '')}",
+                                          "source": batch["source"], "sent_ms": batch["sent_ms"],
+                                          "events": [(r.kind, r.event)]})
+
+
+@app.agent(capture_topic)
+async def derive_edges(stream):
+    async for event in stream.events():
+        message = event.message
+        key = message.key or b""
+        try:
+            _, batch = serde.decode(message.value, expect=schemas.CAPTURE)
+        except schemas.DecodeError as exc:
+            log.warning("dead letter: %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+            await dead_letter_topic.send(key=key, value=dead_letter("decode", str(exc), message, key.decode(errors="replace")))
+            continue
+
+        out: Derived = derive(batch, station_state, settings.grace_ms, settings.retention_ms)
+
+        if out.edges or out.units:
+            value = serde.encode(schemas.EDGES, {"batch_id": batch["batch_id"], "edges": out.edges, "units": out.units})
+            # Wait for the broker's ack before the offset can be committed: a crash never loses edges.
+            await (await edges_topic.send(key=key, value=value))
+        for r in out.rejected:
+            event_id = r.event.get("event_id", "")
+            log.info("dead letter (%s) %s %s: %s", r.stage, r.kind, event_id, r.reason)
+            await (await dead_letter_topic.send(key=key, value=dead_letter(
+                r.stage, r.reason, message, batch["source"], event_id, r.kind, single_event_batch(batch, r))))
+        now = time.monotonic()
+        for station, max_ms in out.max_ms.items():
+            activity[station] = (now, max_ms, out.pending.get(station, 0))
+
+
+@app.timer(interval=max(settings.idle_flush_s / 2, 0.1))
+async def idle_stations():
+    now = time.monotonic()
+    for station, (seen, max_ms, pending) in list(activity.items()):
+        if pending and now - seen >= settings.idle_flush_s:
+            flush_ms = max_ms + settings.grace_ms + 1
+            batch = {"batch_id": f"idle:{station}:{flush_ms}", "source": station, "sent_ms": int(time.time() * 1000),
+                     "events": [("genealogy.StationHeartbeat", {"event_id": f"idle:{station}:{flush_ms}",
+                                                                "event_ms": flush_ms, "station": station})]}
+            await capture_topic.send(key=station.encode(), value=serde.encode(schemas.CAPTURE, batch))
+            activity[station] = (now, max_ms, 0)
+
+
+def _ready_file() -> "os.PathLike":
+    return settings.data_dir / "run" / f"worker-{os.getpid()}.ready"
+
+
+@app.on_rebalance_complete.connect
+async def mark_ready(sender, **kwargs):
+    """`genealogy status` counts a worker as ready once it holds its partitions."""
+    path = _ready_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(str(time.time()))
+
+
+@app.on_before_shutdown.connect
+def unmark_ready(sender, **kwargs):
+    _ready_file().unlink(missing_ok=True)

@@ -1,0 +1,160 @@
+"""Temporal join of one station: which materials were on the station when a unit completed.
+
+Rule: a unit completed at station S at time t consumed every material whose
+last load/unload on a slot of S at or before t is a load. Intervals are
+half-open, ``[loaded, unloaded)``; when a load and an unload share a
+timestamp the load sorts last, so a reel change at t feeds the unit at t from
+the new reel only.
+
+Events arrive out of order. The station's watermark is the largest event time
+seen minus the grace period. A completion is resolved once the watermark has
+passed it, so every material event that could change its answer has had the
+grace period to arrive. A material event older than the watermark would change
+answers already given, so it is rejected as late (dead letter, reprocessable)
+rather than applied; the result is deterministic for any arrival order whose
+disorder stays within the grace period. Replays of an event already in the
+state are recognised by event id and ignored, which is what makes at-least-once
+redelivery harmless.
+
+The state is a plain JSON-able dict so a Faust table can changelog it.
+History older than ``watermark - retention`` is folded to what is still
+loaded, which bounds state by the number of slots, not by time.
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from dataclasses import dataclass
+
+UNLOAD, LOAD = 0, 1  # sort rank at equal timestamps: the load wins
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    event_id: str
+    event_ms: int
+    unit: str
+    production_lot: str
+    work_order: str
+    operator: str
+
+
+@dataclass(frozen=True, slots=True)
+class Consumption:
+    """Material consumed by a unit; ``load_event_id`` names the load that put it on the slot."""
+    material: str
+    slot: str
+    load_event_id: str
+    completion: Completion
+
+
+@dataclass(frozen=True, slots=True)
+class Late:
+    event_id: str
+    reason: str
+
+
+def new_state() -> dict:
+    # max_ms: newest event time seen; horizon: history before it was folded
+    # materials: "slot\x1fmaterial" -> sorted [event_ms, rank, event_id]
+    # pending: unresolved completions as [event_ms, event_id, unit, lot, work_order, operator]
+    return {"max_ms": None, "horizon": None, "materials": {}, "pending": []}
+
+
+class StationJoin:
+    def __init__(self, state: dict, grace_ms: int, retention_ms: int):
+        self.state = state
+        self.grace_ms = grace_ms
+        self.retention_ms = retention_ms
+
+    @property
+    def watermark(self) -> int | None:
+        max_ms = self.state["max_ms"]
+        return None if max_ms is None else max_ms - self.grace_ms
+
+    @property
+    def pending(self) -> int:
+        return len(self.state["pending"])
+
+    # --- events ---------------------------------------------------------------
+
+    def material(self, event_id: str, event_ms: int, slot: str, material: str, loaded: bool) -> list[Consumption] | Late:
+        key = f"{slot}\x1f{material}"
+        history = self.state["materials"].setdefault(key, [])
+        if any(entry[2] == event_id for entry in history):
+            return []
+        wm = self.watermark
+        if wm is not None and event_ms < wm:
+            if not history:
+                del self.state["materials"][key]
+            return Late(event_id, f"material event at {event_ms} is {wm - event_ms} ms behind the station watermark {wm} (grace {self.grace_ms} ms)")
+        insort(history, [event_ms, LOAD if loaded else UNLOAD, event_id])
+        return self._advance(event_ms)
+
+    def completed(self, c: Completion) -> list[Consumption] | Late:
+        if any(p[1] == c.event_id for p in self.state["pending"]):
+            return []
+        wm = self.watermark
+        if wm is not None and c.event_ms < wm:
+            horizon = self.state["horizon"]
+            if horizon is not None and c.event_ms < horizon:
+                return Late(c.event_id, f"unit completion at {c.event_ms} is older than the retained material history (from {horizon})")
+            # The state at c.event_ms is final (later material events that old are rejected), so answer now.
+            return self._consumed(c) + self._advance(c.event_ms)
+        insort(self.state["pending"], [c.event_ms, c.event_id, c.unit, c.production_lot, c.work_order, c.operator])
+        return self._advance(c.event_ms)
+
+    def heartbeat(self, event_ms: int) -> list[Consumption]:
+        return self._advance(event_ms)
+
+    # --- internals --------------------------------------------------------------
+
+    def _advance(self, event_ms: int) -> list[Consumption]:
+        if self.state["max_ms"] is not None and event_ms <= self.state["max_ms"]:
+            return []
+        self.state["max_ms"] = event_ms
+        wm = event_ms - self.grace_ms
+        pending = self.state["pending"]
+        ready = 0
+        while ready < len(pending) and pending[ready][0] < wm:
+            ready += 1
+        out: list[Consumption] = []
+        for p in pending[:ready]:
+            out.extend(self._consumed(Completion(p[1], p[0], p[2], p[3], p[4], p[5])))
+        del pending[:ready]
+        self._fold(wm - self.retention_ms)
+        return out
+
+    def _consumed(self, c: Completion) -> list[Consumption]:
+        out = []
+        for key, history in self.state["materials"].items():
+            last = None
+            for entry in history:
+                if entry[0] > c.event_ms:
+                    break
+                last = entry
+            if last is not None and last[1] == LOAD:
+                slot, material = key.split("\x1f", 1)
+                out.append(Consumption(material, slot, last[2], c))
+        out.sort(key=lambda x: (x.slot, x.material))
+        return out
+
+    def _fold(self, horizon: int) -> None:
+        old = self.state["horizon"]
+        if old is not None and horizon <= old:
+            return
+        self.state["horizon"] = horizon
+        materials = self.state["materials"]
+        for key in list(materials):
+            history = materials[key]
+            cut = 0
+            while cut < len(history) and history[cut][0] < horizon:
+                cut += 1
+            if cut == 0:
+                continue
+            last = history[cut - 1]
+            kept = ([last] if last[1] == LOAD else []) + history[cut:]
+            if kept:
+                materials[key] = kept
+            else:
+                del materials[key]
