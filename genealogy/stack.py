@@ -72,7 +72,7 @@ class Stack:
             kafka.wait_for_port(s.http_host, s.http_port, 60.0, self.procs["service"])
             for n in range(s.workers):
                 progress(f"faust worker {n + 1}/{s.workers}")
-                self._spawn(f"worker-{n + 1}", [sys.executable, "-m", "streams", "worker", "--loglevel", "warn"])
+                self._spawn(f"worker-{n + 1}", [sys.executable, "-m", "streams", "worker", "--without-web", "--loglevel", "warn"])
             self._wait_ready(ready_timeout)
             self.state_file.write_text(json.dumps({
                 "pid": os.getpid(), "service_url": s.service_url, "bootstrap": s.kafka_bootstrap,

@@ -27,6 +27,9 @@ class Publisher:
             "bootstrap.servers": settings.kafka_bootstrap,
             "enable.idempotence": True,
             "acks": "all",
+            # Java-compatible key hashing: Faust (aiokafka) and Kafka Streams place a key on the same
+            # partition, which the station-keyed join state depends on. librdkafka's default does not.
+            "partitioner": "murmur2_random",
             "linger.ms": 5,
             "batch.num.messages": 10_000,
         })

@@ -51,9 +51,9 @@ dead_letter_topic = app.topic(settings.topic_dead_letters, key_serializer="raw",
 # or rebalanced worker resumes with the state the previous owner had.
 station_state = app.Table("station-join", default=None, partitions=settings.partitions)
 
-# station -> (wall clock of last activity, newest event time, pending completions);
+# station -> (wall clock of last activity, newest event time, pending completions, partition);
 # only for the idle timer, so it lives in worker memory, not in the table.
-activity: dict[str, tuple[float, int, int]] = {}
+activity: dict[str, tuple[float, int, int, int]] = {}
 
 
 def dead_letter(stage: str, reason: str, message, source: str, event_id: str = "", kind: str = "",
@@ -101,20 +101,21 @@ async def derive_edges(stream):
                 r.stage, r.reason, message, batch["source"], event_id, r.kind, single_event_batch(batch, r))))
         now = time.monotonic()
         for station, max_ms in out.max_ms.items():
-            activity[station] = (now, max_ms, out.pending.get(station, 0))
+            activity[station] = (now, max_ms, out.pending.get(station, 0), message.partition)
 
 
 @app.timer(interval=max(settings.idle_flush_s / 2, 0.1))
 async def idle_stations():
     now = time.monotonic()
-    for station, (seen, max_ms, pending) in list(activity.items()):
+    for station, (seen, max_ms, pending, partition) in list(activity.items()):
         if pending and now - seen >= settings.idle_flush_s:
             flush_ms = max_ms + settings.grace_ms + 1
             batch = {"batch_id": f"idle:{station}:{flush_ms}", "source": station, "sent_ms": int(time.time() * 1000),
                      "events": [("genealogy.StationHeartbeat", {"event_id": f"idle:{station}:{flush_ms}",
                                                                 "event_ms": flush_ms, "station": station})]}
-            await capture_topic.send(key=station.encode(), value=serde.encode(schemas.CAPTURE, batch))
-            activity[station] = (now, max_ms, 0)
+            # Same partition as the station's own events: that is where its join state lives.
+            await capture_topic.send(key=station.encode(), value=serde.encode(schemas.CAPTURE, batch), partition=partition)
+            activity[station] = (now, max_ms, 0, partition)
 
 
 def _ready_file() -> "os.PathLike":

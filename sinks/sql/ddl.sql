@@ -104,3 +104,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     inserted_at    DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree
 ORDER BY (dead_letter_id);
+
+-- For analysts: one row per fact, whatever was redelivered and not yet merged.
+CREATE VIEW IF NOT EXISTS edges_final AS SELECT * FROM edges FINAL;
+
+CREATE VIEW IF NOT EXISTS units_final AS SELECT * FROM units FINAL;
+
+CREATE VIEW IF NOT EXISTS dead_letters_final AS SELECT * FROM dead_letters FINAL;

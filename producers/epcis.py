@@ -1,0 +1,306 @@
+"""GS1 EPCIS 2.0 events (JSON or JSON-LD) -> our capture events.
+
+``map_epcis(doc_or_event, origin=...)`` takes an EPCISDocument (or
+EPCISQueryDocument) or a single event and returns a ``MapResult``:
+
+* TransformationEvent -> ``LotTransformed`` (inputEPCList + inputQuantityList ->
+  outputEPCList + outputQuantityList). When outputs are serials and the ILMD
+  names a lot (``cbvmda:lotNumber``), also one ``UnitCompleted`` per output
+  serial with that production lot, so lot membership is known.
+* AggregationEvent ADD / OBSERVE -> ``Packed`` (parentID is the container,
+  childEPCs + childQuantityList the contents). DELETE (unpacking) has no capture
+  event yet: counted in ``unknown`` with a note, never turned into edges.
+* ObjectEvent, bizStep commissioning with an ILMD lot -> ``UnitCompleted`` per
+  serial in epcList; bizStep shipping with a bizTransaction or destination ->
+  ``Packed`` of epcList + quantityList into ``shipment:shipment:<id>``. Other
+  object events (and other event types) say nothing for genealogy: ``unknown``.
+
+Identifiers go through ``genealogy.ids.normalize``, so the EPC URN and the GS1
+Digital Link of one thing give the same node; class-level patterns
+(``urn:epc:idpat:sgtin:...*``, a bare GTIN) become ``class:<gtin>:*`` nodes and
+are listed in ``untraceable``. Locations (readPoint, then bizLocation) become
+the station: an SGLN URN or a Digital Link with AI 414 reduces to
+``sgln:<GLN>[.<extension>]``, anything else is used as written.
+
+Times: ``eventTime`` must carry its UTC offset. ``event_id`` is ``eventID`` when
+given, else ``sha256:<hex>`` over the canonical JSON of the event (sorted keys,
+identifiers normalised, lists sorted, recordTime/eventID/@context left out), so
+the same event in URN or Digital Link form, re-sent or re-ordered, gets the same
+id. This is our own stable hash, not the GS1 CBV event-hash algorithm.
+``work_order`` is the event's business transaction (prodorder, then po, then
+the first) or, failing that, the event id. There is no operator in EPCIS.
+
+An event that cannot be mapped whole (missing field, bad identifier, bad time)
+is rejected whole, with a reason naming the field; the others continue.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from genealogy import ids
+from producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
+
+VOLATILE = ("recordTime", "eventID", "@context")
+LOT_KEYS = ("lotNumber", "cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "https://gs1.org/voc/lotNumber")
+
+
+def map_epcis(doc_or_event: dict, *, origin: str) -> MapResult:
+    result = MapResult()
+    try:
+        items = _event_list(doc_or_event, origin)
+    except Bad as exc:
+        result.rejects.append(Reject(origin, str(exc), doc_or_event))
+        return result
+    for where, raw in items:
+        try:
+            mapped = _map_event(raw)
+            mapped.notes = [f"{where}: {note}" for note in mapped.notes]
+            result.add(mapped)
+        except Bad as exc:
+            result.rejects.append(Reject(where, str(exc), raw))
+    return result
+
+
+def _event_list(doc: Any, origin: str) -> list[tuple[str, Any]]:
+    if not isinstance(doc, dict):
+        raise Bad(f"document: expected a JSON object, got {type(doc).__name__}")
+    if _term(doc.get("type") or doc.get("@type")) not in ("EPCISDocument", "EPCISQueryDocument") and "epcisBody" not in doc:
+        return [(origin, doc)]
+    body = doc.get("epcisBody") or {}
+    events = body.get("eventList")
+    if events is None:
+        events = ((body.get("queryResults") or {}).get("resultsBody") or {}).get("eventList")
+    if not isinstance(events, list):
+        raise Bad("epcisBody.eventList: missing or not a list")
+    return [(f"{origin}#eventList[{i}]", e) for i, e in enumerate(events)]
+
+
+# --- one event ---------------------------------------------------------------------
+
+def _map_event(raw: Any) -> MapResult:
+    if not isinstance(raw, dict):
+        raise Bad(f"event: expected a JSON object, got {type(raw).__name__}")
+    out = MapResult()
+    etype = _term(raw.get("type") or raw.get("@type"))
+    if not etype:
+        raise Bad("type: missing")
+    if etype not in ("TransformationEvent", "AggregationEvent", "ObjectEvent"):
+        out.skip(f"{etype}: no genealogy mapping for this event type")
+        return out
+    event_ms = epoch_ms(raw.get("eventTime"), "eventTime")
+    station = _station(raw)
+    event_id = _text(raw.get("eventID")) or content_id(raw)
+    common = dict(event_ms=event_ms, station=station)
+
+    if etype == "TransformationEvent":
+        inputs = _nodes(raw, "inputEPCList", "inputQuantityList", out)
+        outputs = _nodes(raw, "outputEPCList", "outputQuantityList", out)
+        if not inputs:
+            raise Bad("inputEPCList/inputQuantityList: a transformation needs at least one input")
+        if not outputs:
+            raise Bad("outputEPCList/outputQuantityList: a transformation needs at least one output")
+        for where, n, _ in outputs:
+            if ids.kind_of(n) not in ("serial", "lot"):
+                raise Bad(f"{where}: output {n} is {ids.kind_of(n)}-level; a transformation output must be a lot or a serial")
+        work_order = _transaction(raw, ("prodorder", "po")) or event_id
+        out.events.append(event("LotTransformed", event_id=event_id, **common,
+                                inputs=[{"node": ref(n), "quantity": q} for _, n, q in inputs],
+                                outputs=[{"node": ref(n), "quantity": q} for _, n, q in outputs],
+                                work_order=work_order, operator=None))
+        lot = _ilmd_lot(raw)
+        if lot:
+            out.events.extend(_completions([n for _, n, _ in outputs], lot, work_order, event_id, common))
+        return out
+
+    if etype == "AggregationEvent":
+        action = str(raw.get("action") or "").upper()
+        if action == "DELETE":
+            out.skip(f"AggregationEvent DELETE of {_text(raw.get('parentID')) or 'an unnamed parent'}: "
+                     "unpacking has no capture event yet; kept out of the genealogy")
+            return out
+        if action not in ("ADD", "OBSERVE"):
+            raise Bad(f"action: {raw.get('action')!r} is not ADD, OBSERVE or DELETE")
+        if not _text(raw.get("parentID")):
+            raise Bad("parentID: missing; an aggregation needs the container it packs into")
+        container = _node(raw.get("parentID"), "parentID", out)
+        if ids.kind_of(container) not in ("container", "shipment"):
+            raise Bad(f"parentID: {container} is a {ids.kind_of(container)}, not a container (SSCC)")
+        contents = _nodes(raw, "childEPCs", "childQuantityList", out)
+        if not contents:
+            raise Bad("childEPCs/childQuantityList: an aggregation needs at least one child")
+        out.events.append(_packed(event_id, common, container, contents))
+        return out
+
+    step = _term(raw.get("bizStep"))
+    if step == "commissioning":
+        lot = _ilmd_lot(raw)
+        serials = [n for _, n, _ in _nodes(raw, "epcList", "quantityList", out) if ids.kind_of(n) == "serial"]
+        if not (lot and serials):
+            out.skip(f"ObjectEvent commissioning {event_id}: no ILMD lot for serials, nothing for genealogy")
+            return out
+        work_order = _transaction(raw, ("prodorder", "po")) or event_id
+        out.events.extend(_completions(serials, lot, work_order, event_id, common))
+        return out
+    if step == "shipping":
+        shipment = _transaction(raw, ("desadv", "bol", "inv", "po")) or _destination(raw)
+        if not shipment:
+            out.skip(f"ObjectEvent shipping {event_id}: no bizTransaction or destination to name the shipment")
+            return out
+        contents = _nodes(raw, "epcList", "quantityList", out)
+        if not contents:
+            raise Bad("epcList/quantityList: a shipping event needs at least one object")
+        container = node("shipment", "shipment", shipment, "bizTransactionList/destinationList")
+        out.events.append(_packed(event_id, common, container, contents))
+        return out
+    out.skip(f"ObjectEvent {step or 'without bizStep'} {event_id}: no genealogy mapping for this business step")
+    return out
+
+
+def _completions(nodes: list[str], lot: str, work_order: str, event_id: str, common: dict) -> list[Event]:
+    return [event("UnitCompleted", event_id=f"{event_id}#{n}", **common, unit=ref(n),
+                  production_lot=lot, work_order=work_order, operator=None)
+            for n in nodes if ids.kind_of(n) == "serial"]
+
+
+def _packed(event_id: str, common: dict, container: str, contents: list[tuple[str, str, float]]) -> Event:
+    return event("Packed", event_id=event_id, **common, container=ref(container),
+                  contents=[ref(n) for _, n, _ in contents], operator=None)
+
+
+# --- fields ------------------------------------------------------------------------
+
+def _nodes(raw: dict, epc_key: str, qty_key: str, out: MapResult) -> list[tuple[str, str, float]]:
+    """(field, node id, quantity) for an instance-level EPC list and its quantity list."""
+    found = []
+    epcs = raw.get(epc_key) or []
+    qtys = raw.get(qty_key) or []
+    if not isinstance(epcs, list):
+        raise Bad(f"{epc_key}: expected a list")
+    if not isinstance(qtys, list):
+        raise Bad(f"{qty_key}: expected a list")
+    for i, epc in enumerate(epcs):
+        found.append((f"{epc_key}[{i}]", _node(epc, f"{epc_key}[{i}]", out), 1.0))
+    for i, q in enumerate(qtys):
+        where = f"{qty_key}[{i}]"
+        if not isinstance(q, dict) or not _text(q.get("epcClass")):
+            raise Bad(f"{where}.epcClass: missing")
+        quantity = q.get("quantity")
+        quantity = 0.0 if quantity is None else quantity  # EPCIS allows an unspecified quantity; 0.0 stands for it
+        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity < 0:
+            raise Bad(f"{where}.quantity: {quantity!r} is not a non-negative number")
+        found.append((where, _node(q.get("epcClass"), f"{where}.epcClass", out), float(quantity)))
+    return found
+
+
+def _node(value: Any, where: str, out: MapResult) -> str:
+    text = _text(value)
+    if not text:
+        raise Bad(f"{where}: missing identifier")
+    try:
+        n = ids.normalize(text)
+    except ids.InvalidId as exc:
+        raise Bad(f"{where}: {exc}") from None
+    if ids.kind_of(n) == "class" and n not in out.untraceable:
+        out.untraceable.append(n)
+    return n
+
+
+def _station(raw: dict) -> str:
+    for key in ("readPoint", "bizLocation"):
+        value = raw.get(key)
+        text = _text(value.get("id") or value.get("@id")) if isinstance(value, dict) else _text(value)
+        if text:
+            return location(text, f"{key}.id")
+    raise Bad("readPoint.id: missing (and no bizLocation.id); the location is the station")
+
+
+_SGLN = re.compile(r"urn:epc:id:sgln:(\d+)\.(\d*)\.(.+)", re.IGNORECASE)
+
+
+def location(text: str, where: str) -> str:
+    """An SGLN URN or a Digital Link with a GLN (414) -> ``sgln:<GLN>[.<ext>]``; other ids as written."""
+    text = text.strip()
+    m = _SGLN.fullmatch(text)
+    if m:
+        body, ext = m.group(1) + m.group(2), unquote(m.group(3))
+        if len(body) != 12:
+            raise Bad(f"{where}: {text!r}: company prefix and location reference must be 12 digits together")
+        gln = body + ids.gs1_check_digit(body)
+    elif text.lower().startswith(("http://", "https://")) and "/414/" in urlsplit(text).path:
+        segments = [unquote(s) for s in urlsplit(text).path.split("/") if s]
+        start = segments.index("414")
+        pairs = dict(zip(segments[start::2], segments[start + 1::2]))
+        gln, ext = pairs.get("414", ""), pairs.get("254", "0")
+        if not re.fullmatch(r"\d{13}", gln) or ids.gs1_check_digit(gln[:-1]) != gln[-1]:
+            raise Bad(f"{where}: {text!r}: GLN {gln!r} is not 13 digits with a valid check digit")
+    else:
+        return text
+    return f"sgln:{gln}" if ext == "0" else f"sgln:{gln}.{ext}"
+
+
+def _transaction(raw: dict, preferred: tuple[str, ...]) -> str:
+    entries = [e for e in raw.get("bizTransactionList") or [] if isinstance(e, dict) and _text(e.get("bizTransaction"))]
+    for kind in preferred:
+        for e in entries:
+            if _term(e.get("type")) == kind:
+                return _text(e["bizTransaction"])
+    return _text(entries[0]["bizTransaction"]) if entries else ""
+
+
+def _destination(raw: dict) -> str:
+    entries = [e for e in raw.get("destinationList") or [] if isinstance(e, dict) and _text(e.get("destination"))]
+    entries.sort(key=lambda e: _term(e.get("type")) != "location")
+    return location(_text(entries[0]["destination"]), "destinationList[0].destination") if entries else ""
+
+
+def _ilmd_lot(raw: dict) -> str:
+    ilmd = raw.get("ilmd") or (raw.get("extension") or {}).get("ilmd") or {}
+    for key in LOT_KEYS:
+        if isinstance(ilmd, dict) and _text(ilmd.get(key)):
+            return _text(ilmd[key])
+    return ""
+
+
+def _text(value: Any) -> str:
+    """A JSON or JSON-LD scalar as text: {"@id": x} and {"@value": x} unwrap; None -> ""."""
+    if isinstance(value, dict):
+        value = value.get("@id", value.get("@value"))
+    return str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+
+
+def _term(value: Any) -> str:
+    """A CBV / EPCIS vocabulary term without its namespace: 'urn:epcglobal:cbv:bizstep:shipping',
+    'https://ref.gs1.org/cbv/BizStep-shipping', 'cbv:BizStep-shipping' and 'shipping' are all 'shipping'."""
+    return re.split(r"[:/#]|BizStep-|BTT-|Disp-|SDT-|ER-", _text(value))[-1]
+
+
+# --- content hash ------------------------------------------------------------------
+
+def content_id(raw: dict) -> str:
+    body = {k: v for k, v in raw.items() if k not in VOLATILE}
+    try:
+        body["eventTime"] = epoch_ms(body.get("eventTime"), "eventTime")  # "Z" and "+00:00" are one instant
+    except Bad:
+        pass
+    canonical = json.dumps(_canonical(body), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        if set(value) <= {"@id", "@value", "@type"} and ("@id" in value or "@value" in value):
+            return _canonical(value.get("@id", value.get("@value")))
+        return {("type" if k == "@type" else k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return sorted((_canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
+    if isinstance(value, str) and value.strip().lower().startswith(("urn:epc:", "http://", "https://")):
+        try:
+            return location(value, "") if _SGLN.fullmatch(value.strip()) or "/414/" in value else ids.normalize(value)
+        except (ids.InvalidId, Bad):
+            return value.strip()
+    return value

@@ -1,0 +1,76 @@
+"""Random layered genealogies and a dict-backed Graph, shared by the recall and store tests."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from hypothesis import strategies as st
+
+BASE_MS = 1_767_600_000_000
+
+
+def layered(seed: int, n_components: int, n_boards: int, n_products: int, lot_size: int) -> tuple[list[tuple], dict[str, str]]:
+    """(child, parent, relation, event_ms, station) edges and unit -> production lot."""
+    rng = random.Random(seed)
+    comps = [f"lot:C{i % 3}:L{i}" if i % 4 else f"serial:CS:S{i}" for i in range(n_components)]
+    mixes = [f"lot:MIX:M{i}" for i in range(max(1, n_components // 5))]
+    boards = [f"serial:BRD:B{i}" for i in range(n_boards)]
+    products = [f"serial:PRD:P{i}" for i in range(n_products)]
+    cartons = [f"container:carton:C{i}" for i in range(max(1, n_products // 3))]
+    ships = [f"shipment:shipment:S{i}" for i in range(max(1, len(cartons) // 2))]
+    lots = {b: f"lot:BRD:PL{i // lot_size}" for i, b in enumerate(boards)}
+    lots.update({p: f"lot:PRD:PL{i // lot_size}" for i, p in enumerate(products)})
+    edges = []
+
+    def add(child, parent, relation):
+        edges.append((child, parent, relation, BASE_MS + rng.randrange(100_000), rng.choice(["ST1", "ST2"])))
+
+    for m in mixes:
+        for c in rng.sample(comps, min(2, len(comps))):
+            add(c, m, "transformed")
+    for b in boards:
+        for c in rng.sample(comps + mixes, min(rng.randint(0, 3), len(comps + mixes))):
+            add(c, b, "consumed")
+    for p in products:
+        if boards and rng.random() < 0.9:
+            add(rng.choice(boards), p, "installed")
+        for c in rng.sample(comps, min(rng.randint(0, 2), len(comps))):
+            add(c, p, "consumed")
+        if rng.random() < 0.8:
+            add(p, rng.choice(cartons), "packed")
+    for c in cartons:
+        add(c, rng.choice(ships), "packed")
+    if edges and rng.random() < 0.3:
+        edges.append(edges[0])  # a redelivered edge
+    return edges, lots
+
+
+graph_params = st.tuples(st.integers(0, 10**6), st.integers(1, 12), st.integers(0, 15), st.integers(0, 25), st.integers(1, 6))
+
+
+class MemGraph:
+    def __init__(self, edges, lots):
+        self.edges, self.lots = edges, lots
+        self.members = defaultdict(list)
+        for unit, lot in lots.items():
+            self.members[lot].append(unit)
+
+    def parents(self, nodes, since_ms=None, until_ms=None):
+        nodes = set(nodes)
+        return sorted({(c, p) for c, p, _, t, _ in self.edges if c in nodes
+                       and (since_ms is None or t >= since_ms) and (until_ms is None or t < until_ms)})
+
+    def children(self, nodes):
+        nodes = set(nodes)
+        best = {}
+        for c, p, rel, t, st_ in self.edges:
+            if p in nodes and ((p, c) not in best or t < best[(p, c)][1]):
+                best[(p, c)] = (rel, t, st_)
+        return sorted((p, c, rel, t, st_) for (p, c), (rel, t, st_) in best.items())
+
+    def production_lots(self, units):
+        return {u: self.lots[u] for u in units if u in self.lots}
+
+    def lot_members(self, lots):
+        return {lot: list(self.members.get(lot, [])) for lot in lots}

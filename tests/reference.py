@@ -1,0 +1,84 @@
+"""Brute-force reference: the genealogy a capture log implies, computed the slow, obvious way.
+
+Shares no code with streams/ or genealogy/recall.py beyond the node-id format,
+so a test comparing the two can fail.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+
+def nid(ref: dict) -> str:
+    return f"{ref['kind']}:{ref['item']}:{ref['ident']}"
+
+
+def unique(events: list[tuple[str, dict]], skip_ids: set[str] = frozenset()) -> list[tuple[str, dict]]:
+    seen, out = set(), []
+    for kind, e in events:
+        if e["event_id"] in seen or e["event_id"] in skip_ids:
+            continue
+        seen.add(e["event_id"])
+        out.append((kind, e))
+    return out
+
+
+def consumed(events: list[tuple[str, dict]]) -> set[tuple[str, str]]:
+    """(material, unit) for every completion, by scanning every material event of its station."""
+    out = set()
+    material_events = [(k, e) for k, e in events if k in ("genealogy.MaterialLoaded", "genealogy.MaterialUnloaded")]
+    for kind, c in events:
+        if kind != "genealogy.UnitCompleted":
+            continue
+        state = {}
+        relevant = [(e["event_ms"], 1 if k.endswith("Loaded") else 0, e["event_id"], e["slot"], nid(e["material"]))
+                    for k, e in material_events if e["station"] == c["station"] and e["event_ms"] <= c["event_ms"]]
+        for _, rank, _, slot, material in sorted(relevant):
+            state[(slot, material)] = rank == 1
+        out.update((material, nid(c["unit"])) for (slot, material), on in state.items() if on)
+    return out
+
+
+def edges(events: list[tuple[str, dict]]) -> set[tuple[str, str, str]]:
+    out = {(m, u, "consumed") for m, u in consumed(events)}
+    for kind, e in events:
+        if kind == "genealogy.ComponentInstalled":
+            out.add((nid(e["component"]), nid(e["unit"]), "installed"))
+        elif kind == "genealogy.LotTransformed":
+            out.update((nid(i["node"]), nid(o["node"]), "transformed") for i in e["inputs"] for o in e["outputs"])
+        elif kind == "genealogy.Packed":
+            out.update((nid(c), nid(e["container"]), "packed") for c in e["contents"])
+    return out
+
+
+def production_lots(events: list[tuple[str, dict]]) -> dict[str, str]:
+    return {nid(e["unit"]): f"lot:{e['unit']['item']}:{e['production_lot']}"
+            for k, e in events if k == "genealogy.UnitCompleted"}
+
+
+def reach_forward(edge_set, target: str) -> set[str]:
+    parents = defaultdict(set)
+    for child, parent, *_ in edge_set:
+        parents[child].add(parent)
+    seen, stack = set(), [target]
+    while stack:
+        for p in parents[stack.pop()]:
+            if p not in seen and p != target:
+                seen.add(p)
+                stack.append(p)
+    return seen
+
+
+def reach_backward(edge_set, target: str) -> set[str]:
+    return reach_forward({(p, c) for c, p, *_ in edge_set}, target)
+
+
+def lot_scope(edge_set, lots: dict[str, str], target: str) -> dict[str, int]:
+    """Contract every unit into its production lot and walk the contracted graph."""
+    rep = lambda n: lots.get(n, n)  # noqa: E731
+    contracted = {(rep(c), rep(p)) for c, p, *_ in edge_set if p.split(":", 1)[0] in ("serial", "lot")}
+    reached = reach_forward(contracted, rep(target)) | {rep(target)}
+    sizes = defaultdict(int)
+    for lot in lots.values():
+        sizes[lot] += 1
+    return {lot: sizes[lot] for lot in sorted(reached) if sizes.get(lot)}

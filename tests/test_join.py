@@ -1,0 +1,131 @@
+"""The temporal join against the brute-force reference, under random disorder, duplicates and batching."""
+
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import reference
+from producers.simulator import BASE_MS
+from streams.derive import derive
+from streams.join import StationJoin, new_state
+
+GRACE = 1_000
+NOW = BASE_MS + 10**9
+SLOTS = ["S1", "S2"]
+MATERIALS = [("lot", "CAP", "L1"), ("lot", "CAP", "L2"), ("lot", "RES", "R1"), ("serial", "TRAY", "T9")]
+
+
+def ref(kind, item, ident):
+    return {"kind": kind, "item": item, "ident": ident}
+
+
+@st.composite
+def station_log(draw):
+    """A station's events with random times, any load/unload sequence, and completions."""
+    n_mat = draw(st.integers(1, 25))
+    n_units = draw(st.integers(1, 25))
+    events = []
+    for i in range(n_mat):
+        kind = draw(st.sampled_from(["genealogy.MaterialLoaded", "genealogy.MaterialUnloaded"]))
+        events.append((kind, {"event_id": f"m{i}", "event_ms": BASE_MS + draw(st.integers(0, 5_000)), "station": "ST",
+                              "slot": draw(st.sampled_from(SLOTS)), "material": ref(*draw(st.sampled_from(MATERIALS))),
+                              "operator": None}))
+    for i in range(n_units):
+        events.append(("genealogy.UnitCompleted", {"event_id": f"u{i}", "event_ms": BASE_MS + draw(st.integers(0, 5_000)),
+                                                   "station": "ST", "unit": ref("serial", "PRD", f"P{i}"),
+                                                   "production_lot": "PL1", "work_order": "WO1", "operator": "OP"}))
+    jitter = [draw(st.integers(0, GRACE - 1)) for _ in events]
+    arrival = [e for _, e in sorted(zip(jitter, events), key=lambda je: (je[1][1]["event_ms"] + je[0], je[1][1]["event_id"]))]
+    dup_every = draw(st.sampled_from([0, 2, 5]))
+    if dup_every:
+        arrival = [x for i, e in enumerate(arrival) for x in ([e, e] if i % dup_every == 0 else [e])]
+    cuts = sorted(draw(st.lists(st.integers(0, len(arrival)), max_size=6)))
+    return events, arrival, cuts
+
+
+def run(arrival, cuts, grace=GRACE, retention=10**9):
+    """Feed the arrival sequence in batches; state goes through JSON between batches, like a changelog."""
+    table, edges, units, rejected = {}, set(), set(), []
+    bounds = [0, *cuts, len(arrival)]
+    batches = [arrival[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    last_ms = max(e["event_ms"] for _, e in arrival)
+    batches.append([("genealogy.StationHeartbeat", {"event_id": "hb-end", "event_ms": last_ms + grace + 1, "station": "ST"})])
+    for n, events in enumerate(batches):
+        out = derive({"batch_id": f"b{n}", "source": "ST", "sent_ms": 0, "events": events}, table, grace, retention, now_ms=NOW)
+        table = json.loads(json.dumps(table))
+        edges |= {(e["child"], e["parent"]) for e in out.edges}
+        units |= {u["unit"] for u in out.units}
+        rejected += out.rejected
+    return edges, units, rejected, table
+
+
+@settings(max_examples=300, deadline=None)
+@given(station_log())
+def test_join_matches_reference_for_any_disorder_within_grace(log):
+    events, arrival, cuts = log
+    edges, units, rejected, table = run(arrival, cuts)
+    assert rejected == []
+    assert edges == reference.consumed(events)
+    assert units == {reference.nid(e["unit"]) for k, e in events if k == "genealogy.UnitCompleted"}
+    assert table["ST"]["pending"] == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(station_log(), st.integers(1, 400))
+def test_join_beyond_grace_accounts_for_every_event(log, grace):
+    """With a small grace some events are late: each is either applied or rejected as late, never lost."""
+    events, arrival, cuts = log
+    edges, units, rejected, _ = run(arrival, cuts, grace=grace)
+    late = {r.event["event_id"] for r in rejected}
+    assert all(r.stage == "late" for r in rejected)
+    completions = {e["event_id"]: reference.nid(e["unit"]) for k, e in events if k == "genealogy.UnitCompleted"}
+    assert units | {completions[i] for i in late if i in completions} == set(completions.values())
+    # A material event older than the watermark is rejected before any answer that it could change
+    # is given, so every answer equals the reference over exactly the events that were applied.
+    applied = [(k, e) for k, e in events if e["event_id"] not in late]
+    assert edges == reference.consumed(applied)
+
+
+def test_reel_change_at_the_same_instant_feeds_from_the_new_reel():
+    j = StationJoin(new_state(), grace_ms=0, retention_ms=10**9)
+    assert j.material("l1", 100, "S", "lot:CAP:OLD", loaded=True) == []
+    j.material("u1", 200, "S", "lot:CAP:OLD", loaded=False)
+    j.material("l2", 200, "S", "lot:CAP:NEW", loaded=True)
+    from streams.join import Completion
+    j.completed(Completion("c1", 200, "serial:P:1", "lot:P:PL", "WO", "OP"))
+    out = j.heartbeat(202)
+    assert [c.material for c in out] == ["lot:CAP:NEW"]
+
+
+def test_late_material_event_is_rejected_with_reason():
+    j = StationJoin(new_state(), grace_ms=100, retention_ms=10**9)
+    j.heartbeat(10_000)
+    late = j.material("l-old", 5_000, "S", "lot:CAP:X", loaded=True)
+    assert late.event_id == "l-old" and "behind the station watermark" in late.reason
+
+
+def test_state_is_bounded_by_slots_not_by_time():
+    j = StationJoin(new_state(), grace_ms=10, retention_ms=1_000)
+    for i in range(2_000):
+        j.material(f"u{i}", i * 100, "S", f"lot:CAP:R{i - 1}", loaded=False)
+        j.material(f"l{i}", i * 100, "S", f"lot:CAP:R{i}", loaded=True)
+    assert len(j.state["materials"]) <= 12
+    assert sum(len(h) for h in j.state["materials"].values()) <= 24
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("unit", {"kind": "serial", "item": "PRD", "ident": ""}, "empty identifier"),
+    ("unit", {"kind": "lot", "item": "PRD", "ident": "X"}, "not allowed here"),
+    ("event_ms", 12, "not a plausible time"),
+    ("station", "OTHER", "differs from the batch source"),
+])
+def test_invalid_events_are_rejected_with_the_field_named(field, value, reason):
+    e = {"event_id": "u1", "event_ms": BASE_MS, "station": "ST", "unit": ref("serial", "PRD", "P1"),
+         "production_lot": "PL1", "work_order": "WO1", "operator": None, field: value}
+    good = ("genealogy.UnitCompleted", {**e, field: {"unit": ref("serial", "PRD", "P2"), "event_ms": BASE_MS,
+                                                     "station": "ST"}[field], "event_id": "u2"})
+    out = derive({"batch_id": "b", "source": "ST", "sent_ms": 0, "events": [("genealogy.UnitCompleted", e), good]},
+                 {}, GRACE, 10**9, now_ms=NOW)
+    assert [r.reason for r in out.rejected if reason in r.reason], out.rejected
+    assert [u["event_id"] for u in out.units] == ["u2"]
