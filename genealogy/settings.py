@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     grace_ms: int = Field(default=10_000, description="How long the join waits for out-of-order material events")
     retention_ms: int = Field(default=6 * 3600 * 1000, description="Material history kept behind the watermark for late unit completions")
     idle_flush_s: float = Field(default=2.0, description="Wall-clock idle time after which a quiet station's pending completions are resolved")
+    session_timeout_s: float = Field(default=10.0, description="A worker silent this long leaves the group and its partitions move")
 
     # ClickHouse. Empty dsn means: embedded chdb engine under data_dir/clickhouse.
     clickhouse_dsn: str = ""

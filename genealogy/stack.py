@@ -21,6 +21,9 @@ from genealogy import kafka
 from genealogy.settings import Settings
 
 
+WORKER_ARGV = [sys.executable, "-m", "streams", "worker", "--without-web", "--loglevel", "warn"]
+
+
 class StackError(RuntimeError):
     pass
 
@@ -29,6 +32,7 @@ class StackError(RuntimeError):
 class Stack:
     settings: Settings
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def run_dir(self) -> Path:
@@ -47,7 +51,30 @@ class Stack:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.settings.child_env(),
                                 start_new_session=True)
         self.procs[name] = proc
+        self.argv[name] = argv
         return proc
+
+    def add_worker(self) -> str:
+        """One more Faust worker in the group; the group rebalances partitions onto it."""
+        n = 1 + max((int(k.split("-")[1]) for k in self.procs if k.startswith("worker-")), default=0)
+        name = f"worker-{n}"
+        self._spawn(name, WORKER_ARGV)
+        return name
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        proc.wait(30)
+        self._forget_ready(proc.pid)
+
+    def restart(self, name: str) -> subprocess.Popen:
+        """Start a stopped or killed child again with the same command line."""
+        if self.procs[name].poll() is None:
+            raise StackError(f"{name} is still running")
+        return self._spawn(name, self.argv[name])
+
+    def _forget_ready(self, pid: int) -> None:
+        (self.run_dir / f"worker-{pid}.ready").unlink(missing_ok=True)
 
     def start(self, progress=lambda msg: None, ready_timeout: float = 90.0) -> None:
         s = self.settings
@@ -72,7 +99,7 @@ class Stack:
             kafka.wait_for_port(s.http_host, s.http_port, 60.0, self.procs["service"])
             for n in range(s.workers):
                 progress(f"faust worker {n + 1}/{s.workers}")
-                self._spawn(f"worker-{n + 1}", [sys.executable, "-m", "streams", "worker", "--without-web", "--loglevel", "warn"])
+                self._spawn(f"worker-{n + 1}", WORKER_ARGV)
             self._wait_ready(ready_timeout)
             self.state_file.write_text(json.dumps({
                 "pid": os.getpid(), "service_url": s.service_url, "bootstrap": s.kafka_bootstrap,

@@ -1,0 +1,99 @@
+"""Exactly-once answers through crashes and scale-out, on the real embedded stack.
+
+Workers are SIGKILLed mid-stream, the sink is SIGKILLed mid-batch, workers join
+and leave mid-run: afterwards ClickHouse must answer exactly as the brute-force
+reference (no edge missing, none doubled). The long version of this is
+`python -m bench.chaos`.
+"""
+
+import signal
+import threading
+import time
+
+import pytest
+
+from producers.publisher import Publisher
+from producers.simulator import Plant
+from test_pipeline import check_against_reference, start_stack
+from genealogy.cli import wait_drained
+from genealogy.stack import ServiceClient
+
+pytestmark = pytest.mark.integration
+
+
+def plant() -> Plant:
+    return Plant(units=2_000, lot_size=500, faulty_units=60, seed=21, batch_size=25, disorder_ms=3_000,
+                 duplicate_every=13, bad_events=3, reel_size=300).generate()
+
+
+def publish_slowly(stack, p: Plant, seconds: float) -> threading.Thread:
+    """Publish over roughly `seconds`, so faults land mid-stream."""
+    batches = p.batches()
+
+    def run():
+        publisher = Publisher(stack.settings)
+        step = max(1, len(batches) // 40)
+        for i in range(0, len(batches), step):
+            publisher.publish(batches[i:i + step])
+            time.sleep(seconds / 40)
+        publisher.send_raw(b"ASSY-1", b"\x07 not a capture batch")
+        publisher.flush()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def settle(stack, p: Plant) -> None:
+    client = ServiceClient(stack.settings.service_url)
+    wait_drained(client, settle_s=5.0, timeout=400)
+    check_against_reference(client, p)
+
+
+def test_worker_sigkilled_repeatedly_mid_stream(tmp_path):
+    stack = start_stack(tmp_path, workers=1)
+    try:
+        p = plant()
+        feeder = publish_slowly(stack, p, seconds=12)
+        for _ in range(3):
+            time.sleep(3)
+            stack.kill("worker-1", signal.SIGKILL)
+            stack.restart("worker-1")
+        feeder.join()
+        settle(stack, p)
+    finally:
+        stack.stop()
+
+
+def test_sink_sigkilled_mid_batch(tmp_path):
+    stack = start_stack(tmp_path, workers=1)
+    try:
+        p = plant()
+        feeder = publish_slowly(stack, p, seconds=8)
+        for _ in range(2):
+            time.sleep(3)
+            stack.kill("service", signal.SIGKILL)
+            stack.restart("service")
+            client = ServiceClient(stack.settings.service_url)
+            deadline = time.monotonic() + 60
+            while not client.healthy() and time.monotonic() < deadline:
+                time.sleep(0.2)
+        feeder.join()
+        settle(stack, p)
+    finally:
+        stack.stop()
+
+
+def test_workers_join_and_leave_mid_run(tmp_path):
+    stack = start_stack(tmp_path, workers=1)
+    try:
+        p = plant()
+        feeder = publish_slowly(stack, p, seconds=12)
+        time.sleep(3)
+        stack.add_worker()
+        time.sleep(4)
+        stack.kill("worker-1", signal.SIGTERM)
+        feeder.join()
+        settle(stack, p)
+    finally:
+        stack.stop()
