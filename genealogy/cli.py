@@ -216,7 +216,7 @@ def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:i
 def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bind values with {name:Type}")],
         param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="name=value for {name:Type}")] = None,
         data_dir: DataDir = None, as_json: Json = False) -> None:
-    """Analyst SQL against the store the pipeline writes (tables: edges, edges_by_parent, units, lot_members, nodes, capture_events, dead_letters)."""
+    """Analyst SQL against the store the pipeline writes (tables: edges, edges_by_parent, units, lot_members, nodes, station_facts, capture_batches, dead_letters)."""
     s = _settings(data_dir)
     client = _client(s)
     if not client.healthy():

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
 KINDS = ("serial", "lot", "class", "container", "shipment")
@@ -39,6 +40,11 @@ class NodeId:
         return f"{self.kind}:{self.item}:{self.ident}"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_GTIN_LIKE = re.compile(r"\d{8,14}")
+
+
+@lru_cache(maxsize=1 << 17)  # the same lots, reels and items recur on every event of a line
 def node(kind: str, item: str, ident: str) -> str:
     """Canonical node id string, validating each part."""
     kind, item, ident = kind.strip(), item.strip(), ident.strip()
@@ -50,11 +56,11 @@ def node(kind: str, item: str, ident: str) -> str:
         raise InvalidId(f"item {item!r} must not contain ':'")
     if not ident:
         raise InvalidId(f"{kind} node of item {item!r} has an empty identifier")
-    if any(ch.isspace() and ch != " " for ch in ident) or any(ord(ch) < 32 for ch in ident):
+    if _CONTROL.search(ident):
         raise InvalidId(f"identifier {ident!r} contains control characters")
     if kind == "class" and ident != "*":
         raise InvalidId("a class node's identifier must be '*'")
-    if kind in ("serial", "lot") and re.fullmatch(r"\d{8,14}", item):
+    if kind in ("serial", "lot") and _GTIN_LIKE.fullmatch(item):
         item = gtin14(item)
     return f"{kind}:{item}:{ident}"
 

@@ -9,6 +9,8 @@ The line:
              is where the brief's faulty supplier batch sits for `faulty_units` units
     PACK-1   products into cartons, cartons onto pallets, pallets onto shipments
 
+`lines` copies the line (stations SMT-2, ASSY-2, ...; identifiers prefixed
+L2-, ...), which spreads a feed over more stations and so more partitions.
 Production lots of `lot_size` units; operators by shift; periodic machine
 state changes, heartbeats and a few scrapped units. `disorder_ms` shuffles each
 station's events within that bound, `duplicate_every` re-sends events, and
@@ -49,6 +51,9 @@ class Plant:
     cartons_per_pallet: int = 10
     pallets_per_shipment: int = 5
     reel_size: int = 700
+    lines: int = 1
+    base_ms: int = BASE_MS
+    cycle_ms: int = CYCLE_MS
     events: dict[str, list[tuple[str, dict]]] = field(default_factory=lambda: defaultdict(list))
 
     @property
@@ -70,100 +75,102 @@ class Plant:
             return f"{prefix}-{next(seq):09d}"
 
         def operator(t: int) -> str:
-            return f"OP-{((t - BASE_MS) // (8 * 3600 * 1000)) % 3 + 1:02d}"
+            return f"OP-{((t - self.base_ms) // (8 * 3600 * 1000)) % 3 + 1:02d}"
 
-        # Coating lots come from a batch process before the line starts.
-        coat_lots = []
-        for n in range(1, max(2, self.units // 2000 + 2)):
-            t = BASE_MS - 3_600_000 + n * 60_000
-            coat = f"CT-{n:04d}"
-            coat_lots.append(coat)
-            self._emit("COAT-1", "LotTransformed", event_id=eid("coat"), event_ms=t,
-                       inputs=[{"node": ref("lot", "RESIN-A", f"RA-{n:04d}"), "quantity": 20.0},
-                               {"node": ref("lot", "HARDENER-B", f"HB-{(n + 1) // 2:04d}"), "quantity": 5.0}],
-                       outputs=[{"node": ref("lot", "COAT-X", coat), "quantity": 25.0}],
-                       work_order=f"WO-COAT-{n:04d}", operator=operator(t))
+        for ln in range(1, self.lines + 1):
+            # Line 1 keeps plain identifiers; other lines prefix theirs so nothing collides.
+            tag = "" if ln == 1 else f"L{ln}-"
+            # Coating lots come from a batch process before the line starts.
+            coat_lots = []
+            for n in range(1, max(2, self.units // 2000 + 2)):
+                t = self.base_ms - 3_600_000 + n * 60_000
+                coat = f"{tag}CT-{n:04d}"
+                coat_lots.append(coat)
+                self._emit(f"COAT-{ln}", "LotTransformed", event_id=eid("coat"), event_ms=t,
+                           inputs=[{"node": ref("lot", "RESIN-A", f"{tag}RA-{n:04d}"), "quantity": 20.0},
+                                   {"node": ref("lot", "HARDENER-B", f"{tag}HB-{(n + 1) // 2:04d}"), "quantity": 5.0}],
+                           outputs=[{"node": ref("lot", "COAT-X", coat), "quantity": 25.0}],
+                           work_order=f"{tag}WO-COAT-{n:04d}", operator=operator(t))
 
-        # Capacitor batches at ASSY-1: the faulty one feeds exactly `faulty_units` consecutive units.
-        faulty_start = min(self.units // 3, max(0, self.units - self.faulty_units))
-        cap_changes = {0: "SUP-CAP-0011", faulty_start: FAULTY_LOT, faulty_start + self.faulty_units: "SUP-CAP-0014"}
-        cap_slot_load: dict[str, str] = {}
+            # Capacitor batches at ASSY-1: the faulty one feeds exactly `faulty_units` consecutive units.
+            faulty_start = min(self.units // 3, max(0, self.units - self.faulty_units))
+            cap_changes = {0: f"{tag}SUP-CAP-0011", faulty_start: f"{tag}{FAULTY_LOT}", faulty_start + self.faulty_units: f"{tag}SUP-CAP-0014"}
 
-        def change(station: str, slot: str, item: str, new: str, t: int, loaded: dict[str, str]) -> None:
-            old = loaded.get(slot)
-            if old:
-                self._emit(station, "MaterialUnloaded", event_id=eid("unl"), event_ms=t, slot=slot,
-                           material=ref("lot", item, old), operator=operator(t))
-            self._emit(station, "MaterialLoaded", event_id=eid("ld"), event_ms=t + 100, slot=slot,
-                       material=ref("lot", item, new), operator=operator(t))
-            loaded[slot] = new
+            def change(station: str, slot: str, item: str, new: str, t: int, loaded: dict[str, str]) -> None:
+                old = loaded.get(slot)
+                if old:
+                    self._emit(station, "MaterialUnloaded", event_id=eid("unl"), event_ms=t, slot=slot,
+                               material=ref("lot", item, old), operator=operator(t))
+                self._emit(station, "MaterialLoaded", event_id=eid("ld"), event_ms=t + 100, slot=slot,
+                           material=ref("lot", item, new), operator=operator(t))
+                loaded[slot] = new
 
-        smt_loaded: dict[str, str] = {}
-        assy_loaded: dict[str, str] = {}
-        packed: list[str] = []
-        cartons: list[str] = []
-        pallets: list[str] = []
-        counters = defaultdict(int)
+            smt_loaded: dict[str, str] = {}
+            assy_loaded: dict[str, str] = {}
+            packed: list[str] = []
+            cartons: list[str] = []
+            pallets: list[str] = []
+            counters = defaultdict(int)
 
-        def pack(t: int, force: bool = False) -> None:
-            if packed and (len(packed) >= self.carton_size or force):
-                counters["carton"] += 1
-                carton = f"CTN-{counters['carton']:06d}"
-                self._emit("PACK-1", "Packed", event_id=eid("pk"), event_ms=t, container=ref("container", "carton", carton),
-                           contents=[ref("serial", PRODUCT, s) for s in packed], operator=operator(t))
-                cartons.append(carton)
-                packed.clear()
-            if cartons and (len(cartons) >= self.cartons_per_pallet or force):
-                counters["pallet"] += 1
-                pallet = f"PAL-{counters['pallet']:05d}"
-                self._emit("PACK-1", "Packed", event_id=eid("pk"), event_ms=t + 1, container=ref("container", "pallet", pallet),
-                           contents=[ref("container", "carton", c) for c in cartons], operator=operator(t))
-                pallets.append(pallet)
-                cartons.clear()
-            if pallets and (len(pallets) >= self.pallets_per_shipment or force):
-                counters["shipment"] += 1
-                shipment = f"SHP-{counters['shipment']:05d}"
-                self._emit("PACK-1", "Packed", event_id=eid("pk"), event_ms=t + 2, container=ref("shipment", "shipment", shipment),
-                           contents=[ref("container", "pallet", p) for p in pallets], operator=operator(t))
-                pallets.clear()
+            def pack(t: int, force: bool = False) -> None:
+                if packed and (len(packed) >= self.carton_size or force):
+                    counters["carton"] += 1
+                    carton = f"{tag}CTN-{counters['carton']:06d}"
+                    self._emit(f"PACK-{ln}", "Packed", event_id=eid("pk"), event_ms=t, container=ref("container", "carton", carton),
+                               contents=[ref("serial", PRODUCT, s) for s in packed], operator=operator(t))
+                    cartons.append(carton)
+                    packed.clear()
+                if cartons and (len(cartons) >= self.cartons_per_pallet or force):
+                    counters["pallet"] += 1
+                    pallet = f"{tag}PAL-{counters['pallet']:05d}"
+                    self._emit(f"PACK-{ln}", "Packed", event_id=eid("pk"), event_ms=t + 1, container=ref("container", "pallet", pallet),
+                               contents=[ref("container", "carton", c) for c in cartons], operator=operator(t))
+                    pallets.append(pallet)
+                    cartons.clear()
+                if pallets and (len(pallets) >= self.pallets_per_shipment or force):
+                    counters["shipment"] += 1
+                    shipment = f"{tag}SHP-{counters['shipment']:05d}"
+                    self._emit(f"PACK-{ln}", "Packed", event_id=eid("pk"), event_ms=t + 2, container=ref("shipment", "shipment", shipment),
+                               contents=[ref("container", "pallet", p) for p in pallets], operator=operator(t))
+                    pallets.clear()
 
-        for i in range(self.units):
-            t = BASE_MS + i * CYCLE_MS
-            lot_no = i // self.lot_size + 1
-            # SMT: reel changes, then the board completes.
-            for k, part in enumerate(SMT_PARTS):
-                if (i + 97 * k) % self.reel_size == 0 or part not in smt_loaded.values() and i == 0:
-                    change("SMT-1", f"S{k + 1}", part, f"SUP-{part}-{(i + 97 * k) // self.reel_size + 1:04d}", t, smt_loaded)
-            board = f"B{i + 1:08d}"
-            self._emit("SMT-1", "UnitCompleted", event_id=eid("smt"), event_ms=t + 1_000, unit=ref("serial", BOARD, board),
-                       production_lot=f"PL-{BOARD}-{lot_no:04d}", work_order=f"WO-{BOARD}-{lot_no:04d}", operator=operator(t))
-            # ASSY: material changes, explicit board install, completion.
-            ta = t + 30_000
-            if i in cap_changes:
-                change("ASSY-1", "C1", FAULTY_ITEM, cap_changes[i], ta, assy_loaded)
-            if i % 1000 == 0:
-                change("ASSY-1", "SCR", "SCR-M3", f"SCR-{i // 1000 + 1:04d}", ta, assy_loaded)
-                change("ASSY-1", "HSG", "HSG-200", f"HSG-{i // 1000 + 1:04d}", ta, assy_loaded)
-            if i % 2000 == 0:
-                change("ASSY-1", "COAT", "COAT-X", coat_lots[min(i // 2000, len(coat_lots) - 1)], ta, assy_loaded)
-            product = f"P{i + 1:08d}"
-            self._emit("ASSY-1", "ComponentInstalled", event_id=eid("ins"), event_ms=ta + 500, unit=ref("serial", PRODUCT, product),
-                       component=ref("serial", BOARD, board), quantity=1.0, operator=operator(ta))
-            self._emit("ASSY-1", "UnitCompleted", event_id=eid("asy"), event_ms=ta + 1_000, unit=ref("serial", PRODUCT, product),
-                       production_lot=f"PL-{PRODUCT}-{lot_no:04d}", work_order=f"WO-{PRODUCT}-{lot_no:04d}", operator=operator(ta))
-            if rng.random() < 0.002:
-                self._emit("ASSY-1", "UnitScrapped", event_id=eid("scr"), event_ms=ta + 1_500, unit=ref("serial", PRODUCT, product),
-                           reason="solder bridge at AOI")
-            else:
-                packed.append(product)
-                pack(ta + 60_000)
-            if i % 500 == 0:
-                self._emit("SMT-1", "MachineStateChanged", event_id=eid("st"), event_ms=t + 1_500,
-                           state=rng.choice(["Producing", "Producing", "UnscheduledDowntime", "Setup"]), reason=None)
-            if i % 50 == 49:
-                for station in ("SMT-1", "ASSY-1"):
-                    self._emit(station, "StationHeartbeat", event_id=eid("hb"), event_ms=t + 1_999)
-        pack(BASE_MS + self.units * CYCLE_MS + 120_000, force=True)
+            for i in range(self.units):
+                t = self.base_ms + i * self.cycle_ms
+                lot_no = i // self.lot_size + 1
+                # SMT: reel changes, then the board completes.
+                for k, part in enumerate(SMT_PARTS):
+                    if (i + 97 * k) % self.reel_size == 0 or part not in smt_loaded.values() and i == 0:
+                        change(f"SMT-{ln}", f"S{k + 1}", part, f"{tag}SUP-{part}-{(i + 97 * k) // self.reel_size + 1:04d}", t, smt_loaded)
+                board = f"{tag}B{i + 1:08d}"
+                self._emit(f"SMT-{ln}", "UnitCompleted", event_id=eid("smt"), event_ms=t + 1_000, unit=ref("serial", BOARD, board),
+                           production_lot=f"{tag}PL-{BOARD}-{lot_no:04d}", work_order=f"{tag}WO-{BOARD}-{lot_no:04d}", operator=operator(t))
+                # ASSY: material changes, explicit board install, completion.
+                ta = t + 30_000
+                if i in cap_changes:
+                    change(f"ASSY-{ln}", "C1", FAULTY_ITEM, cap_changes[i], ta, assy_loaded)
+                if i % 1000 == 0:
+                    change(f"ASSY-{ln}", "SCR", "SCR-M3", f"{tag}SCR-{i // 1000 + 1:04d}", ta, assy_loaded)
+                    change(f"ASSY-{ln}", "HSG", "HSG-200", f"{tag}HSG-{i // 1000 + 1:04d}", ta, assy_loaded)
+                if i % 2000 == 0:
+                    change(f"ASSY-{ln}", "COAT", "COAT-X", coat_lots[min(i // 2000, len(coat_lots) - 1)], ta, assy_loaded)
+                product = f"{tag}P{i + 1:08d}"
+                self._emit(f"ASSY-{ln}", "ComponentInstalled", event_id=eid("ins"), event_ms=ta + 500, unit=ref("serial", PRODUCT, product),
+                           component=ref("serial", BOARD, board), quantity=1.0, operator=operator(ta))
+                self._emit(f"ASSY-{ln}", "UnitCompleted", event_id=eid("asy"), event_ms=ta + 1_000, unit=ref("serial", PRODUCT, product),
+                           production_lot=f"{tag}PL-{PRODUCT}-{lot_no:04d}", work_order=f"{tag}WO-{PRODUCT}-{lot_no:04d}", operator=operator(ta))
+                if rng.random() < 0.002:
+                    self._emit(f"ASSY-{ln}", "UnitScrapped", event_id=eid("scr"), event_ms=ta + 1_500, unit=ref("serial", PRODUCT, product),
+                               reason="solder bridge at AOI")
+                else:
+                    packed.append(product)
+                    pack(ta + 60_000)
+                if i % 500 == 0:
+                    self._emit(f"SMT-{ln}", "MachineStateChanged", event_id=eid("st"), event_ms=t + 1_500,
+                               state=rng.choice(["Producing", "Producing", "UnscheduledDowntime", "Setup"]), reason=None)
+                if i % 50 == 49:
+                    for station in (f"SMT-{ln}", f"ASSY-{ln}"):
+                        self._emit(station, "StationHeartbeat", event_id=eid("hb"), event_ms=t + 1_999)
+            pack(self.base_ms + self.units * self.cycle_ms + 120_000, force=True)
         self._add_bad_events(rng, eid)
         return self
 
@@ -177,7 +184,7 @@ class Plant:
                                       contents=[ref("serial", PRODUCT, "P00000001")], operator=None)),
         ]
         for n in range(self.bad_events):
-            kind, body = makers[n % len(makers)](BASE_MS + rng.randrange(max(1, self.units)) * CYCLE_MS + 30_777)
+            kind, body = makers[n % len(makers)](self.base_ms + rng.randrange(max(1, self.units)) * self.cycle_ms + 30_777)
             self._emit("ASSY-1", kind, **body)
 
     def arrivals(self) -> dict[str, list[tuple[str, dict]]]:

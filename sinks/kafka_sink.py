@@ -8,7 +8,6 @@ A message the sink cannot decode becomes a dead-letter row, never a stop.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from confluent_kafka import Consumer, KafkaError, Message
 
 import schemas
 from genealogy.settings import Settings
-from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, EDGE_COLUMNS, UNIT_COLUMNS, Store
+from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, EDGE_COLUMNS, FACT_COLUMNS, UNIT_COLUMNS, Store
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +36,12 @@ class Rows:
     def __init__(self) -> None:
         self.edges: list[list] = []
         self.units: list[list] = []
+        self.facts: list[list] = []
         self.capture: list[list] = []
         self.dead: list[list] = []
 
     def __len__(self) -> int:
-        return len(self.edges) + len(self.units) + len(self.capture) + len(self.dead)
+        return len(self.edges) + len(self.units) + len(self.facts) + len(self.capture) + len(self.dead)
 
 
 class KafkaSink:
@@ -82,7 +82,8 @@ class KafkaSink:
         # Parents before children in the dependency sense: units and edges are what answers read.
         self.store.insert("units", UNIT_COLUMNS, rows.units)
         self.store.insert("edges", EDGE_COLUMNS, rows.edges)
-        self.store.insert("capture_events", CAPTURE_COLUMNS, rows.capture)
+        self.store.insert("station_facts", FACT_COLUMNS, rows.facts)
+        self.store.insert("capture_batches", CAPTURE_COLUMNS, rows.capture)
         self.store.insert("dead_letters", DEAD_LETTER_COLUMNS, rows.dead)
         self.consumer.commit(asynchronous=False)
         self.flushed_rows += len(rows)
@@ -103,23 +104,19 @@ class KafkaSink:
                                   for e in batch["edges"])
                 rows.units.extend([u["unit"], u["production_lot"], u["work_order"], u["station"], u["operator"],
                                    ts(u["event_ms"]), u["event_id"]] for u in batch["units"])
+                rows.facts.extend([f["event_id"], f["kind"], f["station"], ts(f["event_ms"]), f["subject"], f["detail"],
+                                   f["reason"]] for f in batch["facts"])
             elif topic == self.settings.topic_dead_letters:
                 _, d = self.serde.decode(message.value(), expect=schemas.DEAD_LETTER)
                 rows.dead.append([d["dead_letter_id"], d["stage"], d["reason"], d["topic"], d["partition"], d["offset"],
                                   d["source"], d["event_id"], d["event_kind"], d["payload"], ts(d["occurred_ms"])])
             else:
-                self._capture_rows(message, rows)
+                # Raw, undecoded: the stream validates capture; here it is only kept, as it arrived.
+                key = message.key() or b""
+                rows.capture.append([key.decode(errors="replace"), ts(message.timestamp()[1]), topic,
+                                     message.partition(), message.offset(), message.value() or b""])
         except schemas.DecodeError as exc:
-            if topic == self.settings.topic_capture:
-                return  # the stream dead-letters undecodable capture messages itself
             rows.dead.append(self._sink_dead_letter(message, str(exc)))
-
-    def _capture_rows(self, message: Message, rows: Rows) -> None:
-        _, batch = self.serde.decode(message.value(), expect=schemas.CAPTURE)
-        for kind, e in batch["events"]:
-            rows.capture.append([e["event_id"], kind.rsplit(".", 1)[-1], e["station"], ts(e["event_ms"]), batch["source"],
-                                 batch["batch_id"], message.topic(), message.partition(), message.offset(),
-                                 json.dumps(e, separators=(",", ":"))])
 
     @staticmethod
     def _sink_dead_letter(message: Message, reason: str) -> list:

@@ -17,7 +17,8 @@ import clickhouse_connect
 EDGE_COLUMNS = ["edge_id", "child", "parent", "relation", "event_time", "station", "operator", "work_order",
                 "parent_lot", "quantity", "source_event"]
 UNIT_COLUMNS = ["unit", "production_lot", "work_order", "station", "operator", "completed_at", "event_id"]
-CAPTURE_COLUMNS = ["event_id", "kind", "station", "event_time", "source", "batch_id", "topic", "partition", "offset", "payload"]
+CAPTURE_COLUMNS = ["source", "kafka_time", "topic", "partition", "offset", "payload"]
+FACT_COLUMNS = ["event_id", "kind", "station", "event_time", "subject", "detail", "reason"]
 DEAD_LETTER_COLUMNS = ["dead_letter_id", "stage", "reason", "topic", "partition", "offset", "source", "event_id",
                        "event_kind", "payload", "occurred_at"]
 
@@ -37,7 +38,8 @@ SELECT
     (SELECT uniqExact(edge_id) FROM edges)                  AS edges,
     (SELECT uniqExact(unit) FROM units)                     AS units,
     (SELECT uniqExact(production_lot) FROM units)           AS production_lots,
-    (SELECT uniqExact(event_id) FROM capture_events)        AS capture_events,
+    (SELECT uniqExact(topic, partition, offset) FROM capture_batches) AS capture_batches,
+    (SELECT uniqExact(event_id) FROM station_facts)         AS station_facts,
     (SELECT uniqExact(dead_letter_id) FROM dead_letters)    AS dead_letters
 """
 DEAD_LETTERS_BY_REASON_SQL = """

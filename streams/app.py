@@ -26,6 +26,9 @@ from streams.derive import Derived, Rejected, derive
 
 log = logging.getLogger(__name__)
 
+# ~200 bytes an edge: keeps every edges message far below the 1 MB default request size.
+EDGE_BATCH_ROWS = 2_000
+
 settings = Settings()
 serde = schemas.serde_for(settings)
 worker_dir = settings.data_dir / "faust" / str(os.getpid())
@@ -71,6 +74,14 @@ def dead_letter(stage: str, reason: str, message, source: str, event_id: str = "
     })
 
 
+def edge_batches(batch_id: str, out: Derived, rows: int = EDGE_BATCH_ROWS):
+    """Derived rows in messages of bounded size: one capture batch can resolve many pending units."""
+    total = max(len(out.edges), len(out.units), len(out.facts))
+    for n, start in enumerate(range(0, total, rows)):
+        yield {"batch_id": f"{batch_id}#{n}", "edges": out.edges[start:start + rows],
+               "units": out.units[start:start + rows], "facts": out.facts[start:start + rows]}
+
+
 def single_event_batch(batch: dict, r: Rejected) -> bytes:
     """A rejected event wrapped as a one-event capture batch, so it can be replayed as it is."""
     return serde.encode(schemas.CAPTURE, {"batch_id": f"{batch['batch_id']}/{r.event.get('event_id', '')}",
@@ -90,13 +101,18 @@ async def derive_edges(stream):
             await dead_letter_topic.send(key=key, value=dead_letter("decode", str(exc), message, key.decode(errors="replace")))
             continue
 
-        out: Derived = derive(batch, station_state, settings.grace_ms, settings.retention_ms)
+        try:
+            out: Derived = derive(batch, station_state, settings.grace_ms, settings.retention_ms)
+        except Exception as exc:  # a bug must cost one batch (kept, replayable), not the pipeline
+            log.exception("dead letter: derive failed on %s[%d]@%d", message.topic, message.partition, message.offset)
+            await dead_letter_topic.send(key=key, value=dead_letter(
+                "stream", f"{type(exc).__name__}: {exc}", message, batch["source"]))
+            continue
 
-        if out.edges or out.units:
-            value = serde.encode(schemas.EDGES, {"batch_id": batch["batch_id"], "edges": out.edges, "units": out.units})
+        for chunk in edge_batches(batch["batch_id"], out):
             # No wait for the ack here: Faust flushes its producer before it commits an offset,
             # so a crash can redeliver this batch but never lose its edges.
-            await edges_topic.send(key=key, value=value)
+            await edges_topic.send(key=key, value=serde.encode(schemas.EDGES, chunk))
         for r in out.rejected:
             event_id = r.event.get("event_id", "")
             log.info("dead letter (%s) %s %s: %s", r.stage, r.kind, event_id, r.reason)

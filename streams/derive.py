@@ -38,6 +38,7 @@ class Rejected:
 class Derived:
     edges: list[dict] = field(default_factory=list)
     units: list[dict] = field(default_factory=list)
+    facts: list[dict] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # station -> completions waiting for the watermark
     max_ms: dict[str, int] = field(default_factory=dict)   # station -> newest event time
@@ -114,16 +115,21 @@ def stateless_edges(kind: str, e: dict) -> list[dict]:
             raise Invalid("a packing event needs at least one content")
         contents = [node_of(ref, f"contents[{i}]", ("serial", "lot", "class", "container")) for i, ref in enumerate(e["contents"])]
         return [edge(c, container, "packed", e, operator=op) for c in contents]
+    raise Invalid(f"unknown event kind {kind}")
+
+
+def station_fact(kind: str, e: dict) -> dict:
     if kind == "genealogy.UnitScrapped":
-        node_of(e["unit"], "unit", ("serial",))
+        unit = node_of(e["unit"], "unit", ("serial",))
         if not e["reason"].strip():
             raise Invalid("reason is empty")
-        return []
-    if kind == "genealogy.MachineStateChanged":
+        subject, detail, reason = unit, "scrapped", e["reason"]
+    else:
         if not e["state"].strip():
             raise Invalid("state is empty")
-        return []
-    raise Invalid(f"unknown event kind {kind}")
+        subject, detail, reason = "", e["state"], e.get("reason") or ""
+    return {"event_id": e["event_id"], "kind": kind.rsplit(".", 1)[-1], "station": e["station"],
+            "event_ms": e["event_ms"], "subject": subject, "detail": detail, "reason": reason}
 
 
 def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retention_ms: int,
@@ -169,6 +175,8 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
                 collect(e["station"], result, kind, e)
             elif kind == "genealogy.StationHeartbeat":
                 collect(e["station"], join_for(e["station"]).heartbeat(e["event_ms"]), kind, e)
+            elif kind in ("genealogy.UnitScrapped", "genealogy.MachineStateChanged"):
+                out.facts.append(station_fact(kind, e))
             else:
                 out.edges.extend(stateless_edges(kind, e))
         except Invalid as exc:

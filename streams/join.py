@@ -66,6 +66,9 @@ class StationJoin:
         self.state = state
         self.grace_ms = grace_ms
         self.retention_ms = retention_ms
+        # Replay detection; rebuilt from the state rather than stored, so the changelog stays small.
+        self._material_ids = {entry[2] for history in state["materials"].values() for entry in history}
+        self._pending_ids = {p[1] for p in state["pending"]}
 
     @property
     def watermark(self) -> int | None:
@@ -79,20 +82,17 @@ class StationJoin:
     # --- events ---------------------------------------------------------------
 
     def material(self, event_id: str, event_ms: int, slot: str, material: str, loaded: bool) -> list[Consumption] | Late:
-        key = f"{slot}\x1f{material}"
-        history = self.state["materials"].setdefault(key, [])
-        if any(entry[2] == event_id for entry in history):
+        if event_id in self._material_ids:
             return []
         wm = self.watermark
         if wm is not None and event_ms < wm:
-            if not history:
-                del self.state["materials"][key]
             return Late(event_id, f"material event at {event_ms} is {wm - event_ms} ms behind the station watermark {wm} (grace {self.grace_ms} ms)")
-        insort(history, [event_ms, LOAD if loaded else UNLOAD, event_id])
+        insort(self.state["materials"].setdefault(f"{slot}\x1f{material}", []), [event_ms, LOAD if loaded else UNLOAD, event_id])
+        self._material_ids.add(event_id)
         return self._advance(event_ms)
 
     def completed(self, c: Completion) -> list[Consumption] | Late:
-        if any(p[1] == c.event_id for p in self.state["pending"]):
+        if c.event_id in self._pending_ids:
             return []
         wm = self.watermark
         if wm is not None and c.event_ms < wm:
@@ -102,6 +102,7 @@ class StationJoin:
             # The state at c.event_ms is final (later material events that old are rejected), so answer now.
             return self._consumed(c) + self._advance(c.event_ms)
         insort(self.state["pending"], [c.event_ms, c.event_id, c.unit, c.production_lot, c.work_order, c.operator])
+        self._pending_ids.add(c.event_id)
         return self._advance(c.event_ms)
 
     def heartbeat(self, event_ms: int) -> list[Consumption]:
@@ -121,6 +122,7 @@ class StationJoin:
         out: list[Consumption] = []
         for p in pending[:ready]:
             out.extend(self._consumed(Completion(p[1], p[0], p[2], p[3], p[4], p[5])))
+            self._pending_ids.discard(p[1])
         del pending[:ready]
         self._fold(wm - self.retention_ms)
         return out
@@ -154,6 +156,7 @@ class StationJoin:
                 continue
             last = history[cut - 1]
             kept = ([last] if last[1] == LOAD else []) + history[cut:]
+            self._material_ids.difference_update(entry[2] for entry in history[:cut] if entry is not last or last[1] != LOAD)
             if kept:
                 materials[key] = kept
             else:

@@ -75,17 +75,26 @@ SELECT substring(n, position(n, ':', position(n, ':') + 1) + 1) AS ident,
        substring(n, 1, position(n, ':') - 1) AS kind
 FROM units ARRAY JOIN [unit, production_lot] AS n;
 
-CREATE TABLE IF NOT EXISTS capture_events (
+-- Every capture message exactly as it arrived (Confluent Avro), for audit and replay.
+CREATE TABLE IF NOT EXISTS capture_batches (
+    source     LowCardinality(String),
+    kafka_time DateTime64(3, 'UTC'),
+    topic      LowCardinality(String),
+    partition  UInt32,
+    offset     UInt64,
+    payload    String CODEC(ZSTD(3))
+) ENGINE = ReplacingMergeTree
+ORDER BY (source, kafka_time, partition, offset);
+
+-- Station events that make no edge: machine states (OEE, process windows) and scrapped units.
+CREATE TABLE IF NOT EXISTS station_facts (
     event_id   String,
     kind       LowCardinality(String),
     station    LowCardinality(String),
     event_time DateTime64(3, 'UTC'),
-    source     LowCardinality(String),
-    batch_id   String,
-    topic      LowCardinality(String),
-    partition  UInt32,
-    offset     UInt64,
-    payload    String
+    subject    String,
+    detail     LowCardinality(String),
+    reason     String
 ) ENGINE = ReplacingMergeTree
 ORDER BY (station, event_time, event_id);
 

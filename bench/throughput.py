@@ -1,0 +1,271 @@
+"""End-to-end throughput, freshness and worker memory of the embedded pipeline, with peers.
+
+    python -m bench.throughput --events 1000000 --workers 1 2 3 --freshness-seconds 60
+
+For each worker count a fresh embedded stack (Tansu broker, Faust workers, chdb
+sink) gets a pre-encoded simulated plant as fast as the producer can send it;
+throughput is capture events per second from the first send until the last edge
+is queryable in ClickHouse. In the same run, on the same machine:
+
+* raw consume: a bare confluent-kafka loop reading the same capture topic and
+  decoding its Avro: the ceiling for any Python consumer of this feed;
+* derive only: the stream's pure logic (decode, validate, join, edges) in one
+  process with no Kafka: the ceiling for one worker;
+* bare insert: rows/s of the same edges straight into embedded ClickHouse;
+* worker RSS after the run (and after --rss-events if given);
+* freshness: a paced feed at --freshness-rate events/s with live timestamps;
+  per edge, inserted_at - event_time in ClickHouse, p50/p99, split into explicit
+  and containment edges (pipeline latency) and temporal edges (which also wait
+  for the join's grace period by design).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import schemas
+from genealogy.settings import Settings
+from genealogy.stack import ServiceClient, Stack
+from producers.publisher import Publisher
+from producers.simulator import Plant
+from streams.derive import derive
+
+EVENTS_PER_UNIT = 3.1  # simulator's average capture events per product unit
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def plant_for(events: int, lines: int, **kw) -> Plant:
+    return Plant(units=max(1, int(events / EVENTS_PER_UNIT / lines)), lot_size=5_000, lines=lines, batch_size=500, **kw).generate()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def stack_for(workdir: Path, workers: int, **kw) -> Stack:
+    s = Settings(data_dir=workdir / f"stack-{workers}-{time.time_ns()}", broker_port=free_port(), http_port=free_port(),
+                 workers=workers, partitions=max(4, workers * 2), **kw)
+    stack = Stack(s)
+    stack.start()
+    return stack
+
+
+def drained(client: ServiceClient, settle_s: float = 3.0, timeout: float = 3600) -> tuple[float, dict]:
+    """Wall time at which the store's counts last changed, once no lag is left."""
+    last, changed = None, time.time()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _, st = client.get("/status")
+        lag = st.get("lag", {})
+        idle = "error" not in lag and all(v == 0 for g in lag.values() for v in g.values())
+        if st["counts"] != last:
+            last, changed = st["counts"], time.time()
+        elif idle and time.time() - changed >= settle_s:
+            return changed, st
+        time.sleep(0.25)
+    raise TimeoutError("pipeline did not drain")
+
+
+def end_to_end(workdir: Path, workers: int, encoded: list[tuple[bytes, bytes]], n_events: int) -> dict:
+    stack = stack_for(workdir, workers, idle_flush_s=1.0)
+    try:
+        publisher = Publisher(stack.settings)
+        t0 = time.time()
+        for key, value in encoded:
+            publisher.send_raw(key, value)
+        publisher.flush()
+        produced = time.time() - t0
+        done, st = drained(ServiceClient(stack.settings.service_url))
+        rss = {name: round(rss_mb(p.pid), 1) for name, p in stack.procs.items() if name.startswith("worker")}
+        raw = raw_consume(stack.settings, len(encoded))
+        return {"workers": workers, "events": n_events, "seconds": round(done - t0, 1),
+                "events_per_s": round(n_events / (done - t0)), "produce_events_per_s": round(n_events / produced),
+                "edges": st["counts"]["edges"], "worker_rss_mb": rss, **raw}
+    finally:
+        stack.stop()
+
+
+def raw_consume(settings: Settings, messages: int) -> dict:
+    from confluent_kafka import Consumer
+
+    serde = schemas.local_serde()
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"raw-{time.time_ns()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([settings.topic_capture])
+    seen = events = 0
+    t0 = None
+    deadline = time.monotonic() + 300
+    while seen < messages and time.monotonic() < deadline:
+        for m in consumer.consume(1000, 1.0):
+            if m.error():
+                continue
+            t0 = t0 or time.time()
+            seen += 1
+            try:
+                events += len(serde.decode(m.value())[1]["events"])
+            except schemas.DecodeError:
+                pass
+    elapsed = time.time() - (t0 or time.time())
+    consumer.close()
+    return {"raw_consume_events_per_s": round(events / elapsed) if elapsed else None}
+
+
+def derive_only(batches: list[dict], n_events: int) -> dict:
+    serde = schemas.local_serde()
+    encoded = [serde.encode(schemas.CAPTURE, b) for b in batches]
+    state: dict = {}
+    t0 = time.perf_counter()
+    edges = []
+    for data in encoded:
+        _, batch = serde.decode(data)
+        out = derive(batch, state, 10_000, 6 * 3600 * 1000)
+        edges.extend(out.edges)
+        serde.encode(schemas.EDGES, {"batch_id": "x", "edges": out.edges, "units": out.units, "facts": out.facts})
+    elapsed = time.perf_counter() - t0
+    return {"derive_events_per_s": round(n_events / elapsed), "edges": edges}
+
+
+def bare_insert(workdir: Path, edges: list[dict]) -> dict:
+    from sinks.kafka_sink import ts
+    from sinks.store import EDGE_COLUMNS, Store
+
+    store = Store(f"chdb://{workdir / f'bare-{time.time_ns()}'}")
+    store.migrate()
+    rows = [[e["edge_id"], e["child"], e["parent"], e["relation"], ts(e["event_ms"]), e["station"], e["operator"],
+             e["work_order"], e["parent_lot"], e["quantity"], e["source_event"]] for e in edges]
+    t0 = time.perf_counter()
+    for i in range(0, len(rows), 50_000):
+        store.insert("edges", EDGE_COLUMNS, rows[i:i + 50_000])
+    elapsed = time.perf_counter() - t0
+    store.close()
+    return {"bare_insert_edges_per_s": round(len(rows) / elapsed)}
+
+
+def freshness(workdir: Path, rate: int, seconds: int) -> dict:
+    """A live feed: each batch is sent when its newest event has happened."""
+    lines = 3
+    cycle_ms = max(1, round(1000 * lines * EVENTS_PER_UNIT / rate))
+    units = int(rate * seconds / EVENTS_PER_UNIT / lines)
+    start_ms = int(time.time() * 1000) + 5_000
+    plant = Plant(units=units, lot_size=5_000, lines=lines, batch_size=50, cycle_ms=cycle_ms,
+                  base_ms=start_ms).generate()
+    batches = plant.batches()
+    stack = stack_for(workdir, 1, idle_flush_s=1.0, sink_flush_s=0.2)
+    try:
+        publisher = Publisher(stack.settings)
+        serde = publisher.serde
+        for b in batches:
+            wait = b["sent_ms"] / 1000 - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            publisher.send_raw(b["source"].encode(), serde.encode(schemas.CAPTURE, b))
+        publisher.flush()
+        client = ServiceClient(stack.settings.service_url)
+        drained(client)
+        code, body = client.post("/sql", {"sql": """
+            SELECT relation = 'consumed' AS temporal, count(),
+                   quantile(0.5)(dateDiff('millisecond', event_time, inserted_at)),
+                   quantile(0.99)(dateDiff('millisecond', event_time, inserted_at))
+            FROM edges WHERE event_time >= fromUnixTimestamp64Milli({t:Int64}) GROUP BY temporal ORDER BY temporal""",
+                                          "parameters": {"t": start_ms}})
+        n_events = sum(len(b["events"]) for b in batches)
+        span = (batches[-1]["sent_ms"] - batches[0]["sent_ms"]) / 1000
+        out = {"rate_events_per_s": round(n_events / span) if span else None, "seconds": round(span)}
+        for temporal, n, p50, p99 in body["rows"]:
+            out["temporal" if temporal else "explicit"] = {"edges": n, "p50_ms": p50, "p99_ms": p99}
+        return out
+    finally:
+        stack.stop()
+
+
+def machine() -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
+                if l.startswith("model name")), platform.processor())
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, load average {os.getloadavg()[0]:.2f} at start"
+
+
+def report(results: dict) -> str:
+    lines = [f"# Pipeline throughput, {results['date']}", "", f"Machine: {results['machine']}. "
+             f"Embedded stack: Tansu broker, Faust workers, chdb sink, all on this machine.", ""]
+    lines += ["| workers | capture events | end-to-end events/s | seconds | ratio to raw consume | worker RSS MB |",
+              "|---:|---:|---:|---:|---:|---|"]
+    for r in results["end_to_end"]:
+        ratio = r["events_per_s"] / r["raw_consume_events_per_s"] if r.get("raw_consume_events_per_s") else float("nan")
+        lines.append(f"| {r['workers']} | {r['events']:,} | {r['events_per_s']:,} | {r['seconds']} | {ratio:.2f} | "
+                     f"{', '.join(f'{v}' for v in r['worker_rss_mb'].values())} |")
+    peers = results["peers"]
+    lines += ["", "| peer, same data, same machine | rate |", "|---|---:|",
+              f"| producer (confluent-kafka, idempotent) | {results['end_to_end'][0]['produce_events_per_s']:,} events/s |",
+              f"| raw confluent-kafka consume + Avro decode | {results['end_to_end'][0].get('raw_consume_events_per_s') or 0:,} events/s |",
+              f"| stream logic alone (decode, validate, join, encode), one process | {peers['derive_events_per_s']:,} events/s |",
+              f"| bare ClickHouse insert of the derived edges (chdb) | {peers['bare_insert_edges_per_s']:,} edges/s |"]
+    if results.get("freshness"):
+        f = results["freshness"]
+        lines += ["", f"Freshness at {f['rate_events_per_s']:,} events/s for {f['seconds']} s (event time to queryable in ClickHouse):", "",
+                  "| edges | count | p50 ms | p99 ms |", "|---|---:|---:|---:|"]
+        for k in ("explicit", "temporal"):
+            if k in f:
+                lines.append(f"| {k} | {f[k]['edges']:,} | {f[k]['p50_ms']:,.0f} | {f[k]['p99_ms']:,.0f} |")
+        lines.append("")
+        lines.append("Temporal edges wait for the station watermark (newest event time minus the 10 s grace) by design.")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--lines", type=int, default=6, help="plant lines: 4 stations each, spread over partitions")
+    ap.add_argument("--freshness-rate", type=int, default=10_000)
+    ap.add_argument("--freshness-seconds", type=int, default=60, help="0 skips the freshness run")
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = ap.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="genealogy-throughput-"))
+    results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "end_to_end": []}
+
+    print(f"generating {args.events:,} capture events ...", flush=True)
+    plant = plant_for(args.events, args.lines)
+    batches = plant.batches()
+    n_events = sum(len(b["events"]) for b in batches)
+    serde = schemas.local_serde()
+    encoded = [(b["source"].encode(), serde.encode(schemas.CAPTURE, b)) for b in batches]
+
+    print("stream logic alone ...", flush=True)
+    d = derive_only(batches, n_events)
+    results["peers"] = {"derive_events_per_s": d["derive_events_per_s"]}
+    print("bare ClickHouse insert ...", flush=True)
+    results["peers"].update(bare_insert(workdir, d.pop("edges")))
+    for w in args.workers:
+        print(f"end to end with {w} worker(s) ...", flush=True)
+        results["end_to_end"].append(end_to_end(workdir, w, encoded, n_events))
+        print(json.dumps(results["end_to_end"][-1]), flush=True)
+    if args.freshness_seconds:
+        print(f"freshness at {args.freshness_rate:,} events/s for {args.freshness_seconds} s ...", flush=True)
+        results["freshness"] = freshness(workdir, args.freshness_rate, args.freshness_seconds)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "throughput.json").write_text(json.dumps(results, indent=2))
+    text = report(results)
+    (args.out / "throughput.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
