@@ -154,14 +154,22 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
 @app.command()
 def recall(lot: Annotated[Optional[str], typer.Option(help="Component lot: bare id, kind:item:id, EPC URN or Digital Link")] = None,
            serial: Annotated[Optional[str], typer.Option(help="Component serial")] = None,
-           since: Annotated[Optional[str], typer.Option(help="Only consumption at or after (ISO 8601 or epoch ms)")] = None,
-           until: Annotated[Optional[str], typer.Option(help="Only consumption before")] = None,
+           station: Annotated[Optional[str], typer.Option(help="Process window: units this station completed in --since..--until")] = None,
+           operator: Annotated[Optional[str], typer.Option(help="Process window: only units this operator ran")] = None,
+           since: Annotated[Optional[str], typer.Option(help="Only consumption (or completion, with --station) at or after (ISO 8601 or epoch ms)")] = None,
+           until: Annotated[Optional[str], typer.Option(help="Only consumption (or completion) before")] = None,
            data_dir: DataDir = None, as_json: Json = False) -> None:
-    """Forward trace: every unit, lot, container and shipment that contains the target."""
-    if (lot is None) == (serial is None):
-        _fail("give exactly one of --lot or --serial", as_json, code=2)
+    """Forward trace: every unit, lot, container and shipment that contains the target.
+
+    With --station: "machine M ran out of spec from t1 to t2": the units it completed then, and
+    everything they went into."""
+    if sum(x is not None for x in (lot, serial, station)) != 1:
+        _fail("give exactly one of --lot, --serial or --station", as_json, code=2)
+    if station and (since is None or until is None):
+        _fail("a process window needs --since and --until", as_json, code=2)
     s = _settings(data_dir)
-    body = _get(s, "/recall", as_json, lot=lot, serial=serial, since_ms=_ms(since), until_ms=_ms(until))
+    body = _get(s, "/recall", as_json, lot=lot, serial=serial, station=station, operator=operator,
+                since_ms=_ms(since), until_ms=_ms(until))
     if as_json:
         out.print_json(data=body)
         return
@@ -234,7 +242,114 @@ def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bin
     out.print(table)
 
 
+@app.command()
+def linkage(data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Data quality: does the serial data join? Complete as-built genealogies, broken links,
+    units without production, class-level inputs, duplicate serials, dead letters."""
+    from genealogy.linkage import format_linkage
+
+    body = _get(_settings(data_dir), "/linkage", as_json)
+    out.print_json(data=body) if as_json else out.print(format_linkage(body))
+
+
+@app.command()
+def granularity(item: Annotated[Optional[str], typer.Option(help="Part number of a produced item (default: every item)")] = None,
+                lot: Annotated[Optional[str], typer.Option(help="A recall target to price")] = None,
+                serial: Annotated[Optional[str], typer.Option(help="A recall target to price")] = None,
+                unit_value: Annotated[Optional[float], typer.Option(help="Cost of recalling one unit")] = None,
+                recall_probability: Annotated[Optional[float], typer.Option(help="Expected recalls per year")] = None,
+                units_per_year: Annotated[Optional[float], typer.Option(help="Production volume (default: units in the store)")] = None,
+                data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Lot or serial tracking? Units recalled at each granularity, the lots that widen a recall,
+    and whether serial tracking pays for itself for an item."""
+    from genealogy.granularity import format_granularity
+
+    body = _get(_settings(data_dir), "/granularity", as_json, item=item, lot=lot, serial=serial, unit_value=unit_value,
+                recall_probability=recall_probability, units_per_year=units_per_year)
+    out.print_json(data=body) if as_json else out.print(format_granularity(body))
+
+
+@app.command()
+def reprocess(data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Recover events that arrived after the join's grace period (dead letters of stage "late"):
+    recompute the affected stations' joins and correct their edges."""
+    s = _settings(data_dir)
+    client = _client(s)
+    if not client.healthy():
+        _fail(f"no query service at {client.base_url}", as_json)
+    code, body = client.post("/reprocess", {})
+    if code != 200:
+        _fail(body.get("error", f"HTTP {code}"), as_json)
+    if as_json:
+        out.print_json(data=body)
+    else:
+        console.print(f"late dead letters handled: {body.get('late_dead_letters', 0)}; edges added "
+                      f"{body.get('edges_added', 0)}, removed {body.get('edges_removed', 0)}; "
+                      f"stations: {', '.join(body.get('stations', [])) or '-'}")
+
+
 # --- feeding it -------------------------------------------------------------------
+
+
+@app.command()
+def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for standard input")],
+           format: Annotated[str, typer.Option("--format", help="epcis (JSON / JSON-LD documents or events) or cfx (IPC-CFX messages, JSON lines)")],
+           follow: Annotated[bool, typer.Option(help="Bridge mode: keep reading (a growing file, or stdin) until Ctrl-C")] = False,
+           timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to take what was spooled")] = 60.0,
+           data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Capture plant standards: EPCIS 2.0 or IPC-CFX into the pipeline, through a durable local spool.
+
+    Bad records go to the dead letters with file, line and reason; the rest continues; the exit
+    code is 1 when anything was rejected. Unknown CFX messages are kept (stage "unknown"), not errors."""
+    from producers.cfx import CfxContext
+    from producers.ingest import FORMATS, follow as follow_file, ingest_path, publish_ingest, run_bridge
+    from producers.spool import Spool
+
+    if format not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}", as_json, code=2)
+    s = _settings(data_dir)
+    state = running_stack(s)
+    if state:
+        s = s.model_copy(update={"bootstrap_servers": state["bootstrap"]})
+    spool = Spool.for_settings(s)
+    if follow:
+        if len(files) != 1:
+            _fail("--follow takes one file (or -)", as_json, code=2)
+        import threading
+
+        stop = threading.Event()
+        signal.signal(signal.SIGINT, lambda *a: stop.set())
+        signal.signal(signal.SIGTERM, lambda *a: stop.set())
+        lines = sys.stdin.buffer if files[0] == "-" else follow_file(files[0], stop)
+        console.print(f"bridging {files[0]} ({format}) -> {s.kafka_bootstrap}; Ctrl-C to stop")
+        totals = run_bridge(s, lines, format, Path(files[0]).name, spool, stop,
+                            on_chunk=lambda r, f: console.print(f"  {r.counts['events']} events, {r.counts['rejects']} rejects, "
+                                                                f"spool backlog {f.backlog()['rows']}"))
+        out.print_json(data=totals) if as_json else console.print(f"stopped: {totals}")
+        return
+    context = CfxContext()
+    summary = {"files": [], "rejects": 0, "remaining_in_spool": 0}
+    for name in files:
+        result = ingest_path(name, format, cfx_context=context) if format == "cfx" else ingest_path(name, format)
+        report = publish_ingest(s, result, spool, timeout=timeout)
+        summary["files"].append({"file": name, **report.counts,
+                                 "reasons": [d["reason"] for d in result.dead_letters[:20]]})
+        summary["rejects"] += report.counts["rejects"]
+        summary["remaining_in_spool"] = report.remaining
+    if as_json:
+        out.print_json(data=summary)
+    else:
+        for f in summary["files"]:
+            console.print(f"{f['file']}: {f['events']:,} events in {f['batches']} batches, {f['rejects']} rejected, "
+                          f"{f['unknown']} unknown kept, {f['untraceable']} class-level")
+            for reason in f["reasons"]:
+                console.print(f"  [red]rejected[/] {reason}")
+        if summary["remaining_in_spool"]:
+            console.print(f"[yellow]{summary['remaining_in_spool']} records wait in the spool[/] for the broker; "
+                          "they are safe and go with the next ingest")
+    if summary["rejects"] or summary["remaining_in_spool"]:
+        raise typer.Exit(1)
+
 
 @app.command()
 def simulate(units: Annotated[int, typer.Option(help="Products to build")] = 5_000,

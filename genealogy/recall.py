@@ -17,6 +17,7 @@ from genealogy import ids
 
 class Graph(Protocol):
     def parents(self, nodes: list[str], since_ms: int | None = None, until_ms: int | None = None) -> list[tuple[str, str]]: ...
+    def units_at(self, station: str, since_ms: int, until_ms: int, operator: str | None = None) -> list[str]: ...
     def children(self, nodes: list[str]) -> list[tuple[str, str, str, int, str]]: ...
     def production_lots(self, units: list[str]) -> dict[str, str]: ...
     def lot_members(self, lots: list[str]) -> dict[str, list[str]]: ...
@@ -54,11 +55,12 @@ class Recall:
         }
 
 
-def forward(graph: Graph, target: str, since_ms: int | None = None, until_ms: int | None = None) -> tuple[set[str], int]:
-    """Every node that contains the target, transitively. The window bounds the first hop only:
+def forward(graph: Graph, target: str | list[str], since_ms: int | None = None, until_ms: int | None = None) -> tuple[set[str], int]:
+    """Every node that contains the target(s), transitively. The window bounds the first hop only:
     it says when the target was consumed, not when its consumers were packed or shipped."""
-    seen = {target}
-    frontier = [target]
+    starts = [target] if isinstance(target, str) else list(target)
+    seen = set(starts)
+    frontier = sorted(seen)
     levels = 0
     first = True
     while frontier:
@@ -70,17 +72,18 @@ def forward(graph: Graph, target: str, since_ms: int | None = None, until_ms: in
         levels += 1
         seen.update(nxt)
         frontier = nxt
-    seen.discard(target)
+    seen.difference_update(starts)
     return seen, levels
 
 
-def lot_level(graph: Graph, target: str, since_ms: int | None = None, until_ms: int | None = None) -> dict[str, int]:
+def lot_level(graph: Graph, target: str | list[str], since_ms: int | None = None, until_ms: int | None = None) -> dict[str, int]:
     """What the same question costs with lot data only: every production lot the target reached,
     transitively at lot granularity, with its number of units. A unit stands for its whole lot."""
+    starts = [target] if isinstance(target, str) else list(target)
     lots: dict[str, list[str]] = {}
-    seen = {target}
-    frontier = [target]
-    own = graph.production_lots([target]) if ids.kind_of(target) == "serial" else {}
+    seen = set(starts)
+    frontier = sorted(seen)
+    own = graph.production_lots([n for n in starts if ids.kind_of(n) == "serial"])
     frontier += _widen(graph, set(own.values()), lots, seen)
     first = True
     while frontier:
@@ -113,18 +116,30 @@ def _widen(graph: Graph, new_lots: set[str], lots: dict[str, list[str]], seen: s
 
 def recall(graph: Graph, target: str, since_ms: int | None = None, until_ms: int | None = None) -> Recall:
     reached, levels = forward(graph, target, since_ms, until_ms)
+    return _scope(graph, target, reached, levels, lot_level(graph, target, since_ms, until_ms), since_ms, until_ms)
+
+
+def process_window(graph: Graph, station: str, since_ms: int, until_ms: int, operator: str | None = None) -> Recall:
+    """"Station S ran out of spec from t1 to t2" (optionally: operator O): the units completed
+    there in the window, and everything they went into."""
+    units = graph.units_at(station, since_ms, until_ms, operator)
+    reached, levels = forward(graph, units)
+    label = f"station:{station}" + (f" operator:{operator}" if operator else "")
+    return _scope(graph, label, reached | set(units), levels, lot_level(graph, units) if units else {}, since_ms, until_ms)
+
+
+def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope: dict[str, int], since_ms, until_ms) -> Recall:
     by_kind: dict[str, list[str]] = {k: [] for k in ids.KINDS}
     for node_id in sorted(reached):
         by_kind[ids.kind_of(node_id)].append(node_id)
     units = by_kind["serial"]
     unit_lots = graph.production_lots(units)
     lots = sorted(set(by_kind["lot"]) | set(unit_lots.values()))
-    widened = _widening_lots(graph, target, by_kind["lot"], since_ms, until_ms)
     return Recall(target, since_ms, until_ms, units, lots, by_kind["container"], by_kind["shipment"],
-                  lot_level(graph, target, since_ms, until_ms), levels, widened)
+                  lot_scope, levels, _widening_lots(graph, by_kind["lot"]))
 
 
-def _widening_lots(graph: Graph, target: str, lot_nodes: list[str], since_ms, until_ms) -> dict[str, int]:
+def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:
     """Lot nodes on the path: everything downstream of such a lot is in scope, whichever unit of
     the lot really held the target. Reports how many units each lot node brings in."""
     out = {}

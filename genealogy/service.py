@@ -5,10 +5,18 @@ queries share this process. Against a ClickHouse server the same service can
 run as many replicas as wanted (``--no-sink`` for query-only replicas).
 
     GET  /health
-    GET  /status                     counts, dead letters, consumer lag, workers
+    GET  /status                     counts, dead letters, consumer lag, workers, capture spool
     GET  /recall?lot=ID|serial=ID|node=ID[&since_ms=&until_ms=]
+    GET  /recall?station=S&since_ms=&until_ms=[&operator=O]      process window
     GET  /trace?serial=ID|node=ID
+    GET  /linkage                    does the serial data join? (data quality)
+    GET  /granularity?item=|lot=|serial=[&unit_value=&recall_probability=&units_per_year=]
     POST /sql   {"sql": "...", "parameters": {...}}   read-only analyst SQL
+    POST /capture, POST /events      EPCIS 2.0 capture: an EPCISDocument or one event (JSON / JSON-LD)
+    POST /reprocess                  recompute what late events changed (see genealogy.reprocess)
+
+Captured EPCIS goes to a local durable spool first and is forwarded to Kafka
+from there, so an accepted capture survives a broker outage.
 """
 
 from __future__ import annotations
@@ -24,8 +32,10 @@ from pathlib import Path
 from aiohttp import web
 
 import schemas
-from genealogy import ids, kafka, recall
+from genealogy import granularity, ids, kafka, linkage, recall
 from genealogy.settings import Settings
+from producers.ingest import ingest_lines, spool_ingest
+from producers.spool import Forwarder, Spool
 from sinks.kafka_sink import KafkaSink
 from sinks.store import Store
 
@@ -71,19 +81,25 @@ class Service:
         self.store = Store(settings.store_dsn)
         self.store.migrate()
         self.sink = KafkaSink(settings, self.store, schemas.serde_for(settings)) if with_sink else None
+        self.spool = Spool.for_settings(settings, settings.data_dir / "spool" / "http-capture.db")
+        self.forwarder = Forwarder(settings, self.spool)
         self.stop = threading.Event()
-        self.sink_thread: threading.Thread | None = None
+        self.threads: list[threading.Thread] = []
         self.started = time.time()
 
-    def start_sink(self) -> None:
-        if self.sink is not None:
-            self.sink_thread = threading.Thread(target=self.sink.run, args=(self.stop,), name="kafka-sink", daemon=True)
-            self.sink_thread.start()
+    def start_background(self) -> None:
+        jobs = [("capture-forwarder", self.forwarder.run)] + ([("kafka-sink", self.sink.run)] if self.sink else [])
+        for name, target in jobs:
+            thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
+            thread.start()
+            self.threads.append(thread)
 
     def shutdown(self) -> None:
         self.stop.set()
-        if self.sink_thread is not None:
-            self.sink_thread.join(timeout=30)
+        for thread in self.threads:
+            thread.join(timeout=30)
+        self.forwarder.close(timeout=5)
+        self.spool.close()
         self.store.close()
 
     # --- answers (blocking; run in a thread by the handlers) ----------------------
@@ -101,9 +117,10 @@ class Service:
         except Exception as exc:  # the broker being down is a status to report, not a crash
             out["lag"] = {"error": str(exc)}
         if self.sink is not None:
-            out["sink"] = {"running": bool(self.sink_thread and self.sink_thread.is_alive()),
+            out["sink"] = {"running": any(t.name == "kafka-sink" and t.is_alive() for t in self.threads),
                            "flushes": self.sink.flushes, "rows": self.sink.flushed_rows,
                            "last_flush_ms": round(self.sink.last_flush_s * 1000, 1)}
+        out["capture_spool"] = self.forwarder.backlog()
         return out
 
     def recall(self, kind: str, text: str, since_ms: int | None, until_ms: int | None) -> dict:
@@ -112,6 +129,34 @@ class Service:
         result = recall.recall(self.store, target, since_ms, until_ms).as_dict()
         result["query_ms"] = round((time.perf_counter() - started) * 1000, 2)
         return result
+
+    def window(self, station: str, since_ms: int, until_ms: int, operator: str | None) -> dict:
+        started = time.perf_counter()
+        result = recall.process_window(self.store, station, since_ms, until_ms, operator).as_dict()
+        result["query_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        return result
+
+    def linkage(self) -> dict:
+        return linkage.linkage_report(self.store)
+
+    def granularity(self, item: str | None, kind: str | None, text: str | None, **costs) -> dict:
+        target = resolve(self.store, text, kind) if text else None
+        return granularity.granularity_report(self.store, item=item, target=target, **costs)
+
+    def capture(self, body: bytes, origin: str) -> dict:
+        """EPCIS capture: mapped, spooled durably, then forwarded; rejects are dead letters too."""
+        result = ingest_lines(body.splitlines(keepends=True), "epcis", origin)
+        if not result.values:
+            raise ValueError("the request body holds no JSON document")
+        spool_ingest(self.settings, result, self.spool)
+        return {"captureID": origin, "accepted": result.counts,
+                "rejects": [{"reason": d["reason"], "event_id": d["event_id"]} for d in result.dead_letters],
+                "untraceable": result.untraceable}
+
+    def reprocess(self) -> dict:
+        from genealogy.reprocess import reprocess_late
+
+        return reprocess_late(self.store, self.settings)
 
     def trace(self, kind: str, text: str) -> dict:
         target = resolve(self.store, text, kind)
@@ -139,15 +184,18 @@ def _int(request: web.Request, name: str) -> int | None:
 
 
 def make_app(service: Service) -> web.Application:
-    async def call(fn, *args):
+    async def call(fn, *args, **kwargs):
         try:
-            return web.json_response(await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args)))
+            return web.json_response(await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs)))
         except NotFound as exc:
             return web.json_response({"error": str(exc)}, status=404)
         except Ambiguous as exc:
             return web.json_response({"error": str(exc)}, status=409)
-        except ids.InvalidId as exc:
+        except (ids.InvalidId, ValueError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
+        except Exception as exc:  # the CLI and dashboards get JSON with the reason, never an HTML 500
+            log.exception("request failed")
+            return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
 
     async def health(request):
         return web.json_response({"ok": True})
@@ -156,8 +204,38 @@ def make_app(service: Service) -> web.Application:
         return await call(service.status)
 
     async def do_recall(request):
+        if request.query.get("station"):
+            since, until = _int(request, "since_ms"), _int(request, "until_ms")
+            if since is None or until is None:
+                return web.json_response({"error": "a process window needs since_ms and until_ms"}, status=400)
+            return await call(service.window, request.query["station"], since, until, request.query.get("operator"))
         kind, text = _target(request)
         return await call(service.recall, kind, text, _int(request, "since_ms"), _int(request, "until_ms"))
+
+    async def do_linkage(request):
+        return await call(service.linkage)
+
+    async def do_granularity(request):
+        kind = next((k for k in ("lot", "serial", "node") if request.query.get(k)), None)
+        costs = {}
+        for name in ("unit_value", "recall_probability", "units_per_year"):
+            if request.query.get(name):
+                try:
+                    costs[name] = float(request.query[name])
+                except ValueError:
+                    return web.json_response({"error": f"{name} must be a number"}, status=400)
+        return await call(service.granularity, request.query.get("item"), kind, request.query.get(kind) if kind else None, **costs)
+
+    async def capture(request):
+        body = await request.read()
+        origin = f"http{request.path}:{time.strftime('%Y%m%dT%H%M%S')}:{id(request):x}"
+        response = await call(service.capture, body, origin)
+        if response.status == 200:
+            response.set_status(202)
+        return response
+
+    async def do_reprocess(request):
+        return await call(service.reprocess)
 
     async def do_trace(request):
         kind, text = _target(request)
@@ -172,9 +250,11 @@ def make_app(service: Service) -> web.Application:
             return web.json_response({"error": str(exc).strip().splitlines()[0][:2000]}, status=400)
         return web.json_response({"columns": columns, "rows": rows}, dumps=functools.partial(_dumps))
 
-    app = web.Application()
+    app = web.Application(client_max_size=64 * 1024 * 1024)
     app.add_routes([web.get("/health", health), web.get("/status", status), web.get("/recall", do_recall),
-                    web.get("/trace", do_trace), web.post("/sql", sql)])
+                    web.get("/trace", do_trace), web.get("/linkage", do_linkage), web.get("/granularity", do_granularity),
+                    web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture),
+                    web.post("/reprocess", do_reprocess)])
     return app
 
 
@@ -191,7 +271,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = Settings()
     service = Service(settings, with_sink=not args.no_sink)
-    service.start_sink()
+    service.start_background()
     try:
         web.run_app(make_app(service), host=settings.http_host, port=settings.http_port, print=None,
                     handle_signals=True)

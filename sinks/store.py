@@ -32,6 +32,13 @@ GROUP BY parent, child ORDER BY parent, child
 """
 PRODUCTION_LOTS_SQL = "SELECT unit, any(production_lot) FROM units WHERE unit IN {units:Array(String)} GROUP BY unit"
 LOT_MEMBERS_SQL = "SELECT DISTINCT production_lot, unit FROM lot_members WHERE production_lot IN {lots:Array(String)}"
+UNITS_AT_SQL = """
+SELECT DISTINCT unit FROM units_by_station
+WHERE station = {station:String}
+  AND completed_at >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') AND completed_at < fromUnixTimestamp64Milli({until:Int64}, 'UTC')
+  AND ({operator:String} = '' OR operator = {operator:String})
+ORDER BY unit
+"""
 RESOLVE_SQL = "SELECT DISTINCT node FROM nodes WHERE ident = {ident:String} AND kind IN {kinds:Array(String)} ORDER BY node LIMIT 20"
 COUNTS_SQL = """
 SELECT
@@ -101,6 +108,9 @@ class Store:
             for lot, unit in self.rows(LOT_MEMBERS_SQL, lots=lots):
                 out[lot].append(unit)
         return out
+
+    def units_at(self, station: str, since_ms: int, until_ms: int, operator: str | None = None) -> list[str]:
+        return [r[0] for r in self.rows(UNITS_AT_SQL, station=station, since=since_ms, until=until_ms, operator=operator or "")]
 
     def resolve(self, ident: str, kinds: Sequence[str]) -> list[str]:
         return [r[0] for r in self.rows(RESOLVE_SQL, ident=ident, kinds=list(kinds))]

@@ -49,9 +49,16 @@ def layered(seed: int, n_components: int, n_boards: int, n_products: int, lot_si
 graph_params = st.tuples(st.integers(0, 10**6), st.integers(1, 12), st.integers(0, 15), st.integers(0, 25), st.integers(1, 6))
 
 
+def completions(lots: dict[str, str], seed: int) -> dict[str, tuple[str, int, str]]:
+    """unit -> (station, completed at, operator), deterministic."""
+    rng = random.Random(seed)
+    return {u: (rng.choice(["ST1", "ST2"]), BASE_MS + rng.randrange(100_000), rng.choice(["OP1", "OP2"])) for u in sorted(lots)}
+
+
 class MemGraph:
-    def __init__(self, edges, lots):
+    def __init__(self, edges, lots, done=None):
         self.edges, self.lots = edges, lots
+        self.done = done or {}
         self.members = defaultdict(list)
         for unit, lot in lots.items():
             self.members[lot].append(unit)
@@ -68,6 +75,10 @@ class MemGraph:
             if p in nodes and ((p, c) not in best or t < best[(p, c)][1]):
                 best[(p, c)] = (rel, t, st_)
         return sorted((p, c, rel, t, st_) for (p, c), (rel, t, st_) in best.items())
+
+    def units_at(self, station, since_ms, until_ms, operator=None):
+        return sorted(u for u, (st_, t, op) in self.done.items()
+                      if st_ == station and since_ms <= t < until_ms and (operator is None or op == operator))
 
     def production_lots(self, units):
         return {u: self.lots[u] for u in units if u in self.lots}

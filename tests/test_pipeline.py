@@ -160,3 +160,56 @@ def test_demo_reproduces_the_brief(tmp_path):
     body = json.loads(run.stdout)
     assert (body["serial_scope"]["count"], body["lot_scope"]["count"], body["difference"]) == (140, 5000, 4860)
     assert body["store_counts"]["dead_letters"] == 4
+
+
+def test_process_window_linkage_and_granularity_from_the_cli(stack):
+    # ASSY-1 completes a unit every 2 s from 08:00:31; a 200 s window holds 100 of them.
+    window = cli(stack, "recall", "--station", "ASSY-1", "--since", "2026-01-05T08:00:30Z",
+                 "--until", "2026-01-05T08:03:50Z", "--json")
+    assert window.returncode == 0, window.stderr
+    body = json.loads(window.stdout)
+    products = [u for u in body["serial_scope"]["units"] if u.startswith("serial:PRD-500:")]
+    assert len(products) == 100 and body["cartons" if False else "containers"] and body["shipments"]
+
+    bad_window = cli(stack, "recall", "--station", "ASSY-1", "--json")
+    assert bad_window.returncode == 2
+
+    link = cli(stack, "linkage", "--json")
+    assert link.returncode == 0, link.stderr
+    report = json.loads(link.stdout)
+    assert report["units"]["total"] == 1_200 and report["units"]["complete_pct"] > 99
+
+    gran = cli(stack, "granularity", "--lot", "SUP-CAP-0013", "--unit-value", "250", "--json")
+    assert gran.returncode == 0, gran.stderr
+    g = json.loads(gran.stdout)
+    assert (g["target"]["serial"], g["target"]["lot"]) == (30, 200)
+    assert "granularity" not in cli(stack, "linkage").stderr.lower()
+
+
+def test_standards_ingest_and_epcis_capture(stack, tmp_path):
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    epcis = cli(stack, "ingest", "--format", "epcis", os.path.join(fixtures, "epcis", "plant_document.jsonld"), "--json")
+    assert epcis.returncode == 1, epcis.stderr  # the fixture holds rejects on purpose
+    summary = json.loads(epcis.stdout)
+    assert summary["files"][0]["events"] > 0 and summary["rejects"] > 0
+    assert all(r.startswith("plant_document.jsonld:") for r in summary["files"][0]["reasons"])
+    assert summary["remaining_in_spool"] == 0
+
+    cfx = cli(stack, "ingest", "--format", "cfx", os.path.join(fixtures, "cfx", "line1_stations.jsonl"))
+    assert cfx.returncode == 1 and "rejected" in cfx.stderr
+
+    client = ServiceClient(stack.settings.service_url)
+    with open(os.path.join(fixtures, "epcis", "transformation_dl.jsonld"), "rb") as f:
+        response = client.http.request("POST", f"{client.base_url}/capture", body=f.read(),
+                                       headers={"Content-Type": "application/ld+json"})
+    assert response.status == 202, response.data
+    accepted = json.loads(response.data)
+    assert accepted["accepted"]["events"] > 0 and accepted["rejects"] == []
+    garbage = client.http.request("POST", f"{client.base_url}/events", body=b"   ")
+    assert garbage.status == 400
+
+    wait_drained(client, settle_s=4.0, timeout=240)
+    rows = sql(client, "SELECT count() FROM dead_letters_final WHERE stage = 'ingest' AND reason LIKE 'plant_document.jsonld:%'")
+    assert rows[0][0] == summary["rejects"]
+    # The HTTP capture made transformation edges from the Digital Link document.
+    assert sql(client, "SELECT count() FROM edges WHERE relation = 'transformed' AND station != 'COAT-1'")[0][0] > 0

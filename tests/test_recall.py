@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 
 import reference
 from genealogy import recall
-from graphs import BASE_MS, MemGraph, graph_params, layered
+from graphs import BASE_MS, MemGraph, completions, graph_params, layered
 
 
 def targets(edges):
@@ -57,3 +57,20 @@ def test_lot_node_on_the_path_is_reported_as_widening():
     r = recall.recall(MemGraph(edges, {"serial:P:1": "lot:P:PL1", "serial:P:2": "lot:P:PL1"}), "lot:C:BAD")
     assert r.widened_by == {"lot:MIX:M1": 2}
     assert r.as_dict()["difference"] == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(graph_params, st.integers(0, 100_000), st.integers(0, 100_000), st.sampled_from([None, "OP1"]))
+def test_process_window_is_the_window_units_and_everything_they_went_into(params, a, b, operator):
+    edges, lots = layered(*params)
+    done = completions(lots, params[0])
+    since, until = BASE_MS + min(a, b), BASE_MS + max(a, b)
+    selected = {u for u, (station, t, op) in done.items()
+                if station == "ST1" and since <= t < until and operator in (None, op)}
+    expected = set(selected)
+    for u in selected:
+        expected |= reference.reach_forward(edges, u)
+    r = recall.process_window(MemGraph(edges, lots, done), "ST1", since, until, operator)
+    assert r.units == sorted(n for n in expected if n.startswith("serial:"))
+    assert r.shipments == sorted(n for n in expected if n.startswith("shipment:"))
+    assert set(r.production_lots) >= {lots[u] for u in selected}

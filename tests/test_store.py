@@ -7,10 +7,10 @@ from hypothesis import HealthCheck, given, settings
 
 import reference
 from genealogy import ids, recall
-from graphs import MemGraph, graph_params, layered
+from graphs import BASE_MS, MemGraph, completions, graph_params, layered
 from sinks.store import EDGE_COLUMNS, UNIT_COLUMNS, Store
 
-TABLES = ["edges", "edges_by_parent", "units", "lot_members", "nodes"]
+TABLES = ["edges", "edges_by_parent", "units", "lot_members", "units_by_station", "nodes"]
 
 
 @pytest.fixture(scope="module")
@@ -22,27 +22,35 @@ def store(tmp_path_factory):
     yield s
 
 
-def load(store, edges, lots):
+def load(store, edges, lots, done=None):
     for t in TABLES:
         store.client.command(f"TRUNCATE TABLE {t}")
     store.insert("edges", EDGE_COLUMNS, [
         [ids.edge_id(c, p, rel, "e"), c, p, rel, datetime.fromtimestamp(t / 1000, tz=timezone.utc), st, "", "", "", 1.0, "e"]
         for c, p, rel, t, st in edges])
-    store.insert("units", UNIT_COLUMNS, [[u, lot, "WO", "ST", "OP", datetime.now(tz=timezone.utc), f"ev-{u}"]
-                                          for u, lot in lots.items()])
+    done = done or {}
+    store.insert("units", UNIT_COLUMNS, [
+        [u, lot, "WO", done.get(u, ("ST", 0, "OP"))[0], done.get(u, ("ST", 0, "OP"))[2],
+         datetime.fromtimestamp(done.get(u, ("ST", BASE_MS, "OP"))[1] / 1000, tz=timezone.utc), f"ev-{u}"]
+        for u, lot in lots.items()])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(graph_params)
 def test_store_answers_like_the_reference(store, params):
     edges, lots = layered(*params)
-    load(store, edges, lots)
-    mem = MemGraph(edges, lots)
+    done = completions(lots, params[0])
+    load(store, edges, lots, done)
+    mem = MemGraph(edges, lots, done)
     for target in sorted({c for c, *_ in edges})[:4]:
         assert recall.recall(store, target).as_dict() == recall.recall(mem, target).as_dict()
         assert set(recall.recall(store, target).units) == {n for n in reference.reach_forward(edges, target) if n.startswith("serial:")}
     for unit in sorted(lots)[:3]:
         assert recall.trace(store, unit) == recall.trace(mem, unit)
+    for operator in (None, "OP2"):
+        window = (BASE_MS + 20_000, BASE_MS + 70_000)
+        assert recall.process_window(store, "ST2", *window, operator).as_dict() == \
+            recall.process_window(mem, "ST2", *window, operator).as_dict()
 
 
 def test_redelivered_edges_do_not_change_answers_or_counts(store):

@@ -54,6 +54,18 @@ ORDER BY (production_lot, unit);
 CREATE MATERIALIZED VIEW IF NOT EXISTS lot_members_mv TO lot_members AS
 SELECT production_lot, unit FROM units;
 
+-- Process windows: which units did station S complete between t1 and t2 (and who ran it).
+CREATE TABLE IF NOT EXISTS units_by_station (
+    station      LowCardinality(String),
+    completed_at DateTime64(3, 'UTC'),
+    operator     LowCardinality(String),
+    unit         String
+) ENGINE = ReplacingMergeTree
+ORDER BY (station, completed_at, unit);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS units_by_station_mv TO units_by_station AS
+SELECT station, completed_at, operator, unit FROM units;
+
 -- Every node id by its bare identifier, so a user can type "RL-0042" instead of
 -- "lot:CAP-10UF:RL-0042".
 CREATE TABLE IF NOT EXISTS nodes (
