@@ -12,7 +12,7 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
 from genealogy import ids
-from streams.join import Completion, Consumption, Late, StationJoin, new_state
+from streams.join import Completion, Consumption, Late, StationJoin
 
 # Event times outside this range are impossible for a plant feed: before 2000 or
 # more than a day in the future of the processing clock.
@@ -134,7 +134,7 @@ def station_fact(kind: str, e: dict) -> dict:
 
 def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retention_ms: int,
            now_ms: int | None = None) -> Derived:
-    """Apply one capture batch. Join state of each station touched is read once and written back once."""
+    """Apply one capture batch. Join state of each station touched is read once; what changed is written back once."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     out = Derived()
     source = batch["source"]
@@ -142,7 +142,7 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
 
     def join_for(station: str) -> StationJoin:
         if station not in joins:
-            joins[station] = StationJoin(states.get(station) or new_state(), grace_ms, retention_ms)
+            joins[station] = StationJoin.load(states, station, grace_ms, retention_ms)
         return joins[station]
 
     def collect(station: str, result: list[Consumption] | Late, kind: str, e: dict) -> None:
@@ -183,7 +183,7 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
             out.rejected.append(Rejected(kind, e, "validate", str(exc)))
 
     for station, j in joins.items():
-        states[station] = j.state
+        j.save(states, station)
         out.pending[station] = j.pending
         if j.state["max_ms"] is not None:
             out.max_ms[station] = j.state["max_ms"]

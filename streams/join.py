@@ -16,17 +16,29 @@ disorder stays within the grace period. Replays of an event already in the
 state are recognised by event id and ignored, which is what makes at-least-once
 redelivery harmless.
 
-The state is a plain JSON-able dict so a Faust table can changelog it.
-History older than ``watermark - retention`` is folded to what is still
-loaded, which bounds state by the number of slots, not by time.
+The state is stored in a table (a Faust table in the worker, any mapping in
+tests) as small JSON-able pieces: one meta record per station, one record per
+slot (its materials' histories), and a fixed ring of buckets of pending
+completions (100 ms of event time each, wrapping around). After each batch only
+the pieces that changed are written back, so the changelog traffic per batch
+stays small however busy the station is. Pieces are overwritten, never deleted:
+the key space is bounded (slots + ring per station) and the changelog has no
+tombstones. The meta record is written last; a piece it does not list is
+ignored, so a crash between writes leaves a state that the replayed batch
+rebuilds. History older than ``watermark - retention`` is folded to what is
+still loaded, which bounds state by the number of slots, not by time.
 """
 
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 UNLOAD, LOAD = 0, 1  # sort rank at equal timestamps: the load wins
+PENDING_BUCKET_MS = 100
+PENDING_RING = 1024  # buckets per station; entries carry their own time, so a wrap just shares a list
+SEP = "\x1e"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +69,24 @@ class Late:
 def new_state() -> dict:
     # max_ms: newest event time seen; horizon: history before it was folded
     # materials: "slot\x1fmaterial" -> sorted [event_ms, rank, event_id]
-    # pending: unresolved completions as [event_ms, event_id, unit, lot, work_order, operator]
-    return {"max_ms": None, "horizon": None, "materials": {}, "pending": []}
+    # pending: ring bucket -> sorted unresolved completions [event_ms, event_id, unit, lot, work_order, operator]
+    return {"max_ms": None, "horizon": None, "materials": {}, "pending": {}}
+
+
+def _slot_key(station: str, slot: str) -> str:
+    return f"{station}{SEP}s{SEP}{slot}"
+
+
+def _bucket_key(station: str, bucket: int) -> str:
+    return f"{station}{SEP}p{SEP}{bucket}"
+
+
+def _bucket(event_ms: int) -> int:
+    return (event_ms // PENDING_BUCKET_MS) % PENDING_RING
+
+
+def _slot_of(material_key: str) -> str:
+    return material_key.split("\x1f", 1)[0]
 
 
 class StationJoin:
@@ -68,7 +96,42 @@ class StationJoin:
         self.retention_ms = retention_ms
         # Replay detection; rebuilt from the state rather than stored, so the changelog stays small.
         self._material_ids = {entry[2] for history in state["materials"].values() for entry in history}
-        self._pending_ids = {p[1] for p in state["pending"]}
+        self._pending_ids = {p[1] for bucket in state["pending"].values() for p in bucket}
+        self._dirty_materials: set[str] = set()
+        self._dirty_buckets: set[int] = set()
+        self._dirty_meta = False
+
+    @classmethod
+    def load(cls, table: Mapping, station: str, grace_ms: int, retention_ms: int) -> "StationJoin":
+        meta = table.get(station)
+        state = new_state()
+        if meta is not None:
+            state["max_ms"], state["horizon"] = meta["max_ms"], meta["horizon"]
+            for slot in meta["slots"]:
+                state["materials"].update(table.get(_slot_key(station, slot)) or {})
+            for bucket in meta["buckets"]:
+                entries = table.get(_bucket_key(station, bucket))
+                if entries:
+                    state["pending"][bucket] = entries
+        return cls(state, grace_ms, retention_ms)
+
+    def save(self, table: MutableMapping, station: str) -> None:
+        """Write back the pieces this join changed, then the meta record that lists them."""
+        if not (self._dirty_meta or self._dirty_materials or self._dirty_buckets):
+            return
+        materials, pending = self.state["materials"], self.state["pending"]
+        by_slot: dict[str, dict] = {}
+        for key, history in materials.items():
+            by_slot.setdefault(_slot_of(key), {})[key] = history
+        for slot in {_slot_of(k) for k in self._dirty_materials}:
+            table[_slot_key(station, slot)] = by_slot.get(slot, {})
+        for bucket in self._dirty_buckets:
+            table[_bucket_key(station, bucket)] = pending.get(bucket, [])
+        table[station] = {"max_ms": self.state["max_ms"], "horizon": self.state["horizon"],
+                          "slots": sorted(by_slot), "buckets": sorted(pending)}
+        self._dirty_materials.clear()
+        self._dirty_buckets.clear()
+        self._dirty_meta = False
 
     @property
     def watermark(self) -> int | None:
@@ -77,7 +140,7 @@ class StationJoin:
 
     @property
     def pending(self) -> int:
-        return len(self.state["pending"])
+        return sum(len(b) for b in self.state["pending"].values())
 
     # --- events ---------------------------------------------------------------
 
@@ -87,8 +150,11 @@ class StationJoin:
         wm = self.watermark
         if wm is not None and event_ms < wm:
             return Late(event_id, f"material event at {event_ms} is {wm - event_ms} ms behind the station watermark {wm} (grace {self.grace_ms} ms)")
-        insort(self.state["materials"].setdefault(f"{slot}\x1f{material}", []), [event_ms, LOAD if loaded else UNLOAD, event_id])
+        key = f"{slot}\x1f{material}"
+        insort(self.state["materials"].setdefault(key, []), [event_ms, LOAD if loaded else UNLOAD, event_id])
         self._material_ids.add(event_id)
+        self._dirty_materials.add(key)
+        self._dirty_meta = True
         return self._advance(event_ms)
 
     def completed(self, c: Completion) -> list[Consumption] | Late:
@@ -101,8 +167,11 @@ class StationJoin:
                 return Late(c.event_id, f"unit completion at {c.event_ms} is older than the retained material history (from {horizon})")
             # The state at c.event_ms is final (later material events that old are rejected), so answer now.
             return self._consumed(c) + self._advance(c.event_ms)
-        insort(self.state["pending"], [c.event_ms, c.event_id, c.unit, c.production_lot, c.work_order, c.operator])
+        bucket = _bucket(c.event_ms)
+        insort(self.state["pending"].setdefault(bucket, []), [c.event_ms, c.event_id, c.unit, c.production_lot, c.work_order, c.operator])
         self._pending_ids.add(c.event_id)
+        self._dirty_buckets.add(bucket)
+        self._dirty_meta = True
         return self._advance(c.event_ms)
 
     def heartbeat(self, event_ms: int) -> list[Consumption]:
@@ -114,16 +183,23 @@ class StationJoin:
         if self.state["max_ms"] is not None and event_ms <= self.state["max_ms"]:
             return []
         self.state["max_ms"] = event_ms
+        self._dirty_meta = True
         wm = event_ms - self.grace_ms
         pending = self.state["pending"]
-        ready = 0
-        while ready < len(pending) and pending[ready][0] < wm:
-            ready += 1
         out: list[Consumption] = []
-        for p in pending[:ready]:
-            out.extend(self._consumed(Completion(p[1], p[0], p[2], p[3], p[4], p[5])))
-            self._pending_ids.discard(p[1])
-        del pending[:ready]
+        ready_buckets = sorted((entries[0][0], b) for b, entries in pending.items() if entries[0][0] < wm)
+        for _, bucket in ready_buckets:
+            entries = pending[bucket]
+            ready = 0
+            while ready < len(entries) and entries[ready][0] < wm:
+                ready += 1
+            for p in entries[:ready]:
+                out.extend(self._consumed(Completion(p[1], p[0], p[2], p[3], p[4], p[5])))
+                self._pending_ids.discard(p[1])
+            del entries[:ready]
+            if not entries:
+                del pending[bucket]
+            self._dirty_buckets.add(bucket)
         self._fold(wm - self.retention_ms)
         return out
 
@@ -157,6 +233,7 @@ class StationJoin:
             last = history[cut - 1]
             kept = ([last] if last[1] == LOAD else []) + history[cut:]
             self._material_ids.difference_update(entry[2] for entry in history[:cut] if entry is not last or last[1] != LOAD)
+            self._dirty_materials.add(key)
             if kept:
                 materials[key] = kept
             else:

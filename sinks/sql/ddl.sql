@@ -132,3 +132,17 @@ CREATE VIEW IF NOT EXISTS edges_final AS SELECT * FROM edges FINAL;
 CREATE VIEW IF NOT EXISTS units_final AS SELECT * FROM units FINAL;
 
 CREATE VIEW IF NOT EXISTS dead_letters_final AS SELECT * FROM dead_letters FINAL;
+
+-- Late dead letters that `genealogy reprocess` (genealogy/reprocess.py) has reconciled, with what
+-- it had seen of the station then (capture messages, newest edge row): a station whose capture
+-- or edges changed since is re-checked on the next run (the stream's join state still lacks
+-- the late event, so its later answers can be wrong again).
+CREATE TABLE IF NOT EXISTS reprocessed (
+    dead_letter_id String,
+    station        LowCardinality(String),
+    event_id       String,
+    captures_seen  UInt64,
+    edges_mark     DateTime64(3, 'UTC'),
+    reprocessed_at DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree(reprocessed_at)
+ORDER BY (dead_letter_id);
