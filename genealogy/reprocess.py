@@ -2,15 +2,15 @@
 
 Why events are late. The join (``streams/join.py``) answers a unit completion once the
 station's watermark (newest event time - grace) has passed it. A material load/unload older
-than the watermark would change answers already given, so the stream does not apply it: it
-goes to the dead letters with stage ``late`` (its payload is the event as a one-event capture
-batch). A completion older than the retained material history is late the same way. The
-store is then wrong for that station from the late event's time on:
+than the watermark changes answers already given: the stream applies it to its state (so
+answers from then on are right) and reports it in the dead letters with stage ``late`` (its
+payload is the event as a one-event capture batch). A completion older than the retained
+material history is late too and gets no answer. The answers given between the late event's
+time and its arrival are then wrong for that station:
 
-* a late **load** at t: completions at or after t that should have consumed the material lack
-  the edge;
-* a late **unload** at t: completions at or after t wrongly got the material (the stream still
-  has it loaded), so edges must be **deleted**, not only added;
+* a late **load** at t: completions at or after t, answered before it arrived, lack the edge;
+* a late **unload** at t: those completions wrongly got the material, so edges must be
+  **deleted**, not only added;
 * a late **completion**: its unit row and all its edges are missing.
 
 What a run does (deterministic, idempotent). It runs inside the query service, the process
@@ -54,13 +54,10 @@ Limits.
   everything; on the same store with the sink's offsets reset the re-sunk edge rows are newer
   than the recorded marks, so a plain run re-checks those stations (``recheck_all=True``
   forces every station with a late dead letter).
-* The stream's join state never receives the late event, so answers the stream gives after a
-  run can be wrong again: a late unload leaves the old reel "loaded" in the stream until that
-  slot's next event on that material, and a worker that crashes and re-reads capture derives
+* A worker that crashed before its changelog held a late event, and re-reads capture, derives
   the deleted edges once more. So a reconciled station is checked again on the next run when
   its capture count changed or it has ``consumed`` edge rows newer than the recorded mark; run
-  reprocess after the feed drained, or periodically. (A change in ``streams/join.py`` that
-  puts a late material event into the state while still dead-lettering it would end this.)
+  reprocess after the feed drained, or periodically.
 * Run it on a drained pipeline: a material event still in flight to ``capture_batches`` is
   missing from the rebuilt history (the next run, seeing the capture grow, corrects that).
 * Cost: per station to fix, one decode of every capture message of that station (``payload``

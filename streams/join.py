@@ -9,12 +9,14 @@ the new reel only.
 Events arrive out of order. The station's watermark is the largest event time
 seen minus the grace period. A completion is resolved once the watermark has
 passed it, so every material event that could change its answer has had the
-grace period to arrive. A material event older than the watermark would change
-answers already given, so it is rejected as late (dead letter, reprocessable)
-rather than applied; the result is deterministic for any arrival order whose
-disorder stays within the grace period. Replays of an event already in the
-state are recognised by event id and ignored, which is what makes at-least-once
-redelivery harmless.
+grace period to arrive; the result is deterministic for any arrival order whose
+disorder stays within the grace period. A material event older than the
+watermark may change answers already given: it is reported as late (dead
+letter; ``genealogy reprocess`` corrects the answers given before it arrived)
+and it is still applied to the state, so that answers given from then on are
+right (without it, a late unload would leave its reel "loaded" for every later
+unit). Replays of an event already in the state are recognised by event id and
+ignored, which is what makes at-least-once redelivery harmless.
 
 The state is stored in a table (a Faust table in the worker, any mapping in
 tests) as small JSON-able pieces: one meta record per station, one record per
@@ -147,14 +149,15 @@ class StationJoin:
     def material(self, event_id: str, event_ms: int, slot: str, material: str, loaded: bool) -> list[Consumption] | Late:
         if event_id in self._material_ids:
             return []
-        wm = self.watermark
-        if wm is not None and event_ms < wm:
-            return Late(event_id, f"material event at {event_ms} is {wm - event_ms} ms behind the station watermark {wm} (grace {self.grace_ms} ms)")
         key = f"{slot}\x1f{material}"
         insort(self.state["materials"].setdefault(key, []), [event_ms, LOAD if loaded else UNLOAD, event_id])
         self._material_ids.add(event_id)
         self._dirty_materials.add(key)
         self._dirty_meta = True
+        wm = self.watermark
+        if wm is not None and event_ms < wm:
+            return Late(event_id, f"material event at {event_ms} is {wm - event_ms} ms behind the station watermark {wm} "
+                                  f"(grace {self.grace_ms} ms): applied from now on; earlier answers need `genealogy reprocess`")
         return self._advance(event_ms)
 
     def completed(self, c: Completion) -> list[Consumption] | Late:

@@ -39,8 +39,30 @@ def consumed(events: list[tuple[str, dict]]) -> set[tuple[str, str]]:
     return out
 
 
+def consumed_sweep(events: list[tuple[str, dict]]) -> set[tuple[str, str]]:
+    """The same answer as ``consumed`` in O(n log n), for feeds of millions of events: per station,
+    apply material events in time order up to each completion. Checked against ``consumed``."""
+    by_station = defaultdict(list)
+    for kind, e in events:
+        if kind in ("genealogy.MaterialLoaded", "genealogy.MaterialUnloaded"):
+            rank = 1 if kind.endswith("Loaded") else 0
+            by_station[e["station"]].append((e["event_ms"], 0, rank, e["event_id"], e["slot"], nid(e["material"])))
+        elif kind == "genealogy.UnitCompleted":
+            # Sorts after every material event at the same time: those count for it.
+            by_station[e["station"]].append((e["event_ms"], 1, 0, e["event_id"], "", nid(e["unit"])))
+    out = set()
+    for timeline in by_station.values():
+        on = {}
+        for _, is_completion, rank, _, slot, node_id in sorted(timeline):
+            if is_completion:
+                out.update((material, node_id) for (_, material), loaded in on.items() if loaded)
+            else:
+                on[(slot, node_id)] = rank == 1
+    return out
+
+
 def edges(events: list[tuple[str, dict]]) -> set[tuple[str, str, str]]:
-    out = {(m, u, "consumed") for m, u in consumed(events)}
+    out = {(m, u, "consumed") for m, u in consumed_sweep(events)}
     for kind, e in events:
         if kind == "genealogy.ComponentInstalled":
             out.add((nid(e["component"]), nid(e["unit"]), "installed"))

@@ -3,9 +3,11 @@
 Workers are SIGKILLed mid-stream, the sink is SIGKILLed mid-batch, workers join
 and leave mid-run: afterwards ClickHouse must answer exactly as the brute-force
 reference (no edge missing, none doubled). The long version of this is
-`python -m bench.chaos`.
+`bash bench/chaos.sh` (the same tests with a feed of over a million events and
+more kills, set by GENEALOGY_CHAOS_UNITS / _KILLS / _SECONDS).
 """
 
+import os
 import signal
 import threading
 import time
@@ -21,9 +23,14 @@ from genealogy.stack import ServiceClient
 pytestmark = pytest.mark.integration
 
 
+UNITS = int(os.environ.get("GENEALOGY_CHAOS_UNITS", 2_000))
+KILLS = int(os.environ.get("GENEALOGY_CHAOS_KILLS", 3))
+SECONDS = float(os.environ.get("GENEALOGY_CHAOS_SECONDS", 12))
+
+
 def plant() -> Plant:
-    return Plant(units=2_000, lot_size=500, faulty_units=60, seed=21, batch_size=25, disorder_ms=3_000,
-                 duplicate_every=13, bad_events=3, reel_size=300).generate()
+    return Plant(units=UNITS, lot_size=500, faulty_units=60, seed=21, batch_size=25 if UNITS <= 10_000 else 250,
+                 disorder_ms=3_000, duplicate_every=13, bad_events=3, reel_size=300).generate()
 
 
 def publish_slowly(stack, p: Plant, seconds: float) -> threading.Thread:
@@ -46,7 +53,7 @@ def publish_slowly(stack, p: Plant, seconds: float) -> threading.Thread:
 
 def settle(stack, p: Plant) -> None:
     client = ServiceClient(stack.settings.service_url)
-    wait_drained(client, settle_s=5.0, timeout=400)
+    wait_drained(client, settle_s=5.0, timeout=max(400, UNITS / 100))
     check_against_reference(client, p)
 
 
@@ -54,9 +61,9 @@ def test_worker_sigkilled_repeatedly_mid_stream(tmp_path):
     stack = start_stack(tmp_path, workers=1)
     try:
         p = plant()
-        feeder = publish_slowly(stack, p, seconds=12)
-        for _ in range(3):
-            time.sleep(3)
+        feeder = publish_slowly(stack, p, seconds=SECONDS)
+        for _ in range(KILLS):
+            time.sleep(SECONDS / (KILLS + 1))
             stack.kill("worker-1", signal.SIGKILL)
             stack.restart("worker-1")
         feeder.join()
@@ -69,9 +76,9 @@ def test_sink_sigkilled_mid_batch(tmp_path):
     stack = start_stack(tmp_path, workers=1)
     try:
         p = plant()
-        feeder = publish_slowly(stack, p, seconds=8)
-        for _ in range(2):
-            time.sleep(3)
+        feeder = publish_slowly(stack, p, seconds=SECONDS)
+        for _ in range(max(2, KILLS - 1)):
+            time.sleep(SECONDS / (KILLS + 1))
             stack.kill("service", signal.SIGKILL)
             stack.restart("service")
             client = ServiceClient(stack.settings.service_url)
@@ -88,10 +95,10 @@ def test_workers_join_and_leave_mid_run(tmp_path):
     stack = start_stack(tmp_path, workers=1)
     try:
         p = plant()
-        feeder = publish_slowly(stack, p, seconds=12)
-        time.sleep(3)
+        feeder = publish_slowly(stack, p, seconds=SECONDS)
+        time.sleep(SECONDS / 4)
         stack.add_worker()
-        time.sleep(4)
+        time.sleep(SECONDS / 3)
         stack.kill("worker-1", signal.SIGTERM)
         feeder.join()
         settle(stack, p)
