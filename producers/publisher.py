@@ -19,20 +19,25 @@ class DeliveryFailed(RuntimeError):
     pass
 
 
+def producer_config(settings: Settings) -> dict:
+    """Every capture producer's configuration (this publisher and the spool's forwarder)."""
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "enable.idempotence": True,
+        "acks": "all",
+        # Java-compatible key hashing: Faust (aiokafka) and Kafka Streams place a key on the same
+        # partition, which the station-keyed join state depends on. librdkafka's default does not.
+        "partitioner": "murmur2_random",
+        "linger.ms": 5,
+        "batch.num.messages": 10_000,
+    }
+
+
 class Publisher:
     def __init__(self, settings: Settings, serde: schemas.Serde | None = None):
         self.settings = settings
         self.serde = serde or schemas.serde_for(settings)
-        self.producer = Producer({
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "enable.idempotence": True,
-            "acks": "all",
-            # Java-compatible key hashing: Faust (aiokafka) and Kafka Streams place a key on the same
-            # partition, which the station-keyed join state depends on. librdkafka's default does not.
-            "partitioner": "murmur2_random",
-            "linger.ms": 5,
-            "batch.num.messages": 10_000,
-        })
+        self.producer = Producer(producer_config(settings))
         self.delivered = 0
         self.failed: list[str] = []
 

@@ -42,6 +42,7 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from genealogy.settings import Settings
+from producers.publisher import producer_config
 
 log = logging.getLogger(__name__)
 
@@ -178,18 +179,6 @@ class Spool:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def producer_config(settings: Settings) -> dict:
-    """The configuration of producers.publisher.Publisher, so both place keys on the same partitions."""
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "enable.idempotence": True,
-        "acks": "all",
-        "partitioner": "murmur2_random",
-        "linger.ms": 5,
-        "batch.num.messages": 10_000,
-    }
 
 
 class Forwarder:
