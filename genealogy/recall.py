@@ -1,14 +1,17 @@
-"""Recall and trace over a genealogy graph, one query per level.
+"""Recall and trace over a genealogy graph.
 
-The traversal is pure logic over the ``Graph`` interface; ``sinks.store.Store``
-answers it with primary-key lookups in ClickHouse, tests answer it from a dict.
-Level-by-level ``WHERE child IN (...)`` was measured faster than a recursive
-CTE for recall-sized scopes (see docs/design notes), and it keeps the planner
-testable against a brute-force reference.
+The traversal is pure logic over the ``Graph`` interface, one call per BFS level; tests answer it
+from a dict and check it against a brute-force reference. Against ClickHouse, each level shipped
+its whole frontier as an id list, and parsing those lists cost more than the lookups (see
+bench/README.md). So a graph that can run whole traversals itself (``Traversals``:
+``sinks.store.Store``, one recursive query or a loop of server-side steps each) is asked for them
+once a frontier would ship more than SHIP_MAX ids, and always for the lot-level scope and the
+widening counts, whose walks ship whole lots. tests/test_store.py asserts both paths answer alike.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,6 +24,45 @@ class Graph(Protocol):
     def children(self, nodes: list[str]) -> list[tuple[str, str, str, int, str]]: ...
     def production_lots(self, units: list[str]) -> dict[str, str]: ...
     def lot_members(self, lots: list[str]) -> dict[str, list[str]]: ...
+
+
+class Traversals(Graph, Protocol):
+    """Optional: a graph that runs whole traversals itself, one call each (sinks.store.Store)."""
+    def completed(self, station: str, since_ms: int, until_ms: int, operator: str | None = None) -> object: ...
+    def forward_reach(self, starts, since_ms: int | None = None, until_ms: int | None = None,
+                      lots: bool = False) -> tuple[dict[str, int], dict[str, str]]: ...
+    def lot_scope(self, starts, since_ms: int | None = None, until_ms: int | None = None) -> dict[str, int]: ...
+    def serials_downstream(self, sources: list[str]) -> dict[str, int]: ...
+    def backward_edges(self, unit: str, max_depth: int = 64) -> list[tuple[str, str, str, int, str]]: ...
+
+
+def _traversals(graph: Graph) -> Traversals | None:
+    return graph if callable(getattr(graph, "forward_reach", None)) else None  # type: ignore[return-value]
+
+
+# Most ids a walk ships to a graph that can run whole traversals, per call. A small frontier costs
+# ~2 ms a level as an id list, what a step of a recursive query costs too; 5,000 ids cost ~25 ms
+# to ship (bench/README.md). Past this, the whole traversal runs inside the store instead.
+SHIP_MAX = 1_000
+
+
+class _Backward:
+    """children() for one trace over a graph that can run whole traversals: asked level by level
+    while the frontier is small; once it would ship more than SHIP_MAX ids, every row below the
+    unit is fetched in one traversal and the rest is answered from those rows (the same answers)."""
+
+    def __init__(self, server: Traversals, unit: str, max_depth: int):
+        self.server, self.unit, self.max_depth = server, unit, max_depth
+        self.below: dict[str, list[tuple]] | None = None
+
+    def children(self, nodes):
+        if self.below is None and len(nodes) <= SHIP_MAX:
+            return self.server.children(nodes)
+        if self.below is None:
+            self.below = defaultdict(list)
+            for row in self.server.backward_edges(self.unit, self.max_depth):
+                self.below[row[0]].append(row)
+        return [row for n in nodes for row in self.below.get(n, ())]
 
 
 @dataclass
@@ -58,12 +100,24 @@ class Recall:
 def forward(graph: Graph, target: str | list[str], since_ms: int | None = None, until_ms: int | None = None) -> tuple[set[str], int]:
     """Every node that contains the target(s), transitively. The window bounds the first hop only:
     it says when the target was consumed, not when its consumers were packed or shipped."""
-    starts = [target] if isinstance(target, str) else list(target)
+    reached, levels, _ = _forward(graph, [target] if isinstance(target, str) else list(target), since_ms, until_ms)
+    return reached, levels
+
+
+def _forward(graph: Graph, starts: list[str], since_ms: int | None, until_ms: int | None,
+             lots: bool = False) -> tuple[set[str], int, dict[str, str] | None]:
+    """forward(), and with lots (from a store that ran the traversal itself) unit -> production lot
+    of the units reached. Level by level; a store that can run whole traversals does so once a
+    frontier would ship more than SHIP_MAX ids (it started over from the starts: same answer)."""
+    server = _traversals(graph)
     seen = set(starts)
     frontier = sorted(seen)
     levels = 0
     first = True
     while frontier:
+        if server is not None and len(frontier) > SHIP_MAX:
+            by_level, unit_lots = server.forward_reach(starts, since_ms, until_ms, lots=lots)
+            return *_reached(by_level), (unit_lots if lots else None)
         pairs = graph.parents(frontier, since_ms, until_ms) if first else graph.parents(frontier)
         first = False
         nxt = sorted({p for _, p in pairs} - seen)
@@ -73,13 +127,20 @@ def forward(graph: Graph, target: str | list[str], since_ms: int | None = None, 
         seen.update(nxt)
         frontier = nxt
     seen.difference_update(starts)
-    return seen, levels
+    return seen, levels, None
+
+
+def _reached(levels: dict[str, int]) -> tuple[set[str], int]:
+    """forward()'s answer from node -> BFS level (starts at 0): the nodes beyond the starts, the deepest level."""
+    return {n for n, level in levels.items() if level}, max(levels.values(), default=0)
 
 
 def lot_level(graph: Graph, target: str | list[str], since_ms: int | None = None, until_ms: int | None = None) -> dict[str, int]:
     """What the same question costs with lot data only: every production lot the target reached,
     transitively at lot granularity, with its number of units. A unit stands for its whole lot."""
     starts = [target] if isinstance(target, str) else list(target)
+    if (server := _traversals(graph)) is not None:
+        return dict(sorted(server.lot_scope(starts, since_ms, until_ms).items()))
     lots: dict[str, list[str]] = {}
     seen = set(starts)
     frontier = sorted(seen)
@@ -115,25 +176,40 @@ def _widen(graph: Graph, new_lots: set[str], lots: dict[str, list[str]], seen: s
 
 
 def recall(graph: Graph, target: str, since_ms: int | None = None, until_ms: int | None = None) -> Recall:
-    reached, levels = forward(graph, target, since_ms, until_ms)
-    return _scope(graph, target, reached, levels, lot_level(graph, target, since_ms, until_ms), since_ms, until_ms)
+    reached, levels, unit_lots = _forward(graph, [target], since_ms, until_ms, lots=True)
+    if unit_lots is None and len(reached) > SHIP_MAX and (server := _traversals(graph)) is not None:
+        # many small levels: the production lots of all they reached, looked up inside the store
+        unit_lots = server.forward_reach([target], since_ms, until_ms, lots=True)[1]
+    return _scope(graph, target, reached, levels, lot_level(graph, target, since_ms, until_ms), since_ms, until_ms, unit_lots)
 
 
 def process_window(graph: Graph, station: str, since_ms: int, until_ms: int, operator: str | None = None) -> Recall:
     """"Station S ran out of spec from t1 to t2" (optionally: operator O): the units completed
     there in the window, and everything they went into."""
+    label = f"station:{station}" + (f" operator:{operator}" if operator else "")
+    if (server := _traversals(graph)) is not None:
+        # The window's units are the traversal's starts, selected inside the store (no id list sent).
+        starts = server.completed(station, since_ms, until_ms, operator)
+        by_level, unit_lots = server.forward_reach(starts, lots=True)
+        _, levels = _reached(by_level)
+        lot_scope = dict(sorted(server.lot_scope(starts).items())) if by_level else {}
+        return _scope(graph, label, set(by_level), levels, lot_scope, since_ms, until_ms, unit_lots)
     units = graph.units_at(station, since_ms, until_ms, operator)
     reached, levels = forward(graph, units)
-    label = f"station:{station}" + (f" operator:{operator}" if operator else "")
     return _scope(graph, label, reached | set(units), levels, lot_level(graph, units) if units else {}, since_ms, until_ms)
 
 
-def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope: dict[str, int], since_ms, until_ms) -> Recall:
+def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope: dict[str, int], since_ms, until_ms,
+           known_lots: dict[str, str] | None = None) -> Recall:
+    """known_lots: unit -> production lot, already looked up for (at least) every unit reached."""
     by_kind: dict[str, list[str]] = {k: [] for k in ids.KINDS}
     for node_id in sorted(reached):
         by_kind[ids.kind_of(node_id)].append(node_id)
     units = by_kind["serial"]
-    unit_lots = graph.production_lots(units)
+    if known_lots is None:
+        unit_lots = graph.production_lots(units)
+    else:
+        unit_lots = {u: known_lots[u] for u in units if u in known_lots}
     lots = sorted(set(by_kind["lot"]) | set(unit_lots.values()))
     return Recall(target, since_ms, until_ms, units, lots, by_kind["container"], by_kind["shipment"],
                   lot_scope, levels, _widening_lots(graph, by_kind["lot"]))
@@ -142,6 +218,8 @@ def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope:
 def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:
     """Lot nodes on the path: everything downstream of such a lot is in scope, whichever unit of
     the lot really held the target. Reports how many units each lot node brings in."""
+    if (server := _traversals(graph)) is not None:
+        return server.serials_downstream(lot_nodes) if lot_nodes else {}
     out = {}
     for lot in lot_nodes:
         reached, _ = forward(graph, lot)
@@ -151,20 +229,16 @@ def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:
 
 def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
     """Backward, as built: the unit's components, theirs, down to supplier lots."""
+    if (server := _traversals(graph)) is not None:
+        graph = _Backward(server, unit, max_depth)  # type: ignore[assignment]
+    levels = _children_by_level(graph, unit, max_depth)
     tree: dict[str, list[dict]] = {}
     seen = {unit}
-    frontier = [unit]
-    depth = 0
-    while frontier and depth < max_depth:
-        rows = graph.children(frontier)
-        depth += 1
-        nxt = []
+    for rows in levels:
         for parent, child, relation, event_ms, station in rows:
             tree.setdefault(parent, []).append({"node": child, "relation": relation, "event_ms": event_ms, "station": station})
-            if child not in seen:
-                seen.add(child)
-                nxt.append(child)
-        frontier = sorted(nxt)
+            seen.add(child)
+    depth = len(levels)
 
     def build(node_id: str, path: frozenset) -> list[dict]:
         return [{**c, "components": build(c["node"], path | {c["node"]}) if c["node"] not in path else []}
@@ -174,3 +248,17 @@ def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
     return {"unit": unit, "components": build(unit, frozenset({unit})), "depth": depth,
             "leaves": leaves, "supplier_lots": [n for n in leaves if ids.kind_of(n) == "lot"],
             "node_count": len(seen) - 1}
+
+
+def _children_by_level(graph: Graph, unit: str, max_depth: int) -> list[list[tuple[str, str, str, int, str]]]:
+    """graph.children() of each BFS level below the unit, at most max_depth levels (one call each)."""
+    levels = []
+    seen = {unit}
+    frontier = [unit]
+    while frontier and len(levels) < max_depth:
+        rows = graph.children(frontier)
+        levels.append(rows)
+        nxt = {child for _, child, *_ in rows} - seen
+        seen.update(nxt)
+        frontier = sorted(nxt)
+    return levels

@@ -1,9 +1,12 @@
 """The ClickHouse store (real embedded engine) answers the Graph interface exactly like the reference."""
 
+import random
+from contextlib import contextmanager
 from datetime import datetime, timezone
+from types import SimpleNamespace
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import reference
 from genealogy import ids, recall
@@ -51,6 +54,106 @@ def test_store_answers_like_the_reference(store, params):
         window = (BASE_MS + 20_000, BASE_MS + 70_000)
         assert recall.process_window(store, "ST2", *window, operator).as_dict() == \
             recall.process_window(mem, "ST2", *window, operator).as_dict()
+
+
+def levels_only(store):
+    """The same store without its whole-traversal queries: genealogy.recall then walks it level by
+    level through the Graph calls (the portable path MemGraph takes)."""
+    return SimpleNamespace(parents=store.parents, children=store.children, units_at=store.units_at,
+                           production_lots=store.production_lots, lot_members=store.lot_members)
+
+
+def tangled(params, seed: int, n_extra: int):
+    """A layered genealogy plus random edges between any of its nodes and production lots:
+    cycles (also through the target), self-loops, production-lot nodes on paths."""
+    edges, lots = layered(*params)
+    rng = random.Random(seed)
+    nodes = sorted({c for c, *_ in edges} | {p for _, p, *_ in edges} | set(lots) | set(lots.values()))
+    pairs = {(c, p) for c, p, *_ in edges}
+    for _ in range(n_extra if nodes else 0):
+        c, p = rng.choice(nodes), rng.choice(nodes)
+        if (c, p) not in pairs:  # a second edge of a pair may differ in relation: any() would pick either
+            pairs.add((c, p))
+            edges.append((c, p, "reworked", BASE_MS + rng.randrange(100_000), "ST1"))
+    return edges, lots
+
+
+@contextmanager
+def whole_traversals(store, exact=False):
+    """Every walk run inside the store (recall.SHIP_MAX 0): by the capped queries, or (exact) by the
+    exact ones they fall back to on cycles and deeper graphs."""
+    ship_max, recall.SHIP_MAX = recall.SHIP_MAX, 0
+    store.exact_traversals = exact
+    try:
+        yield store
+    finally:
+        recall.SHIP_MAX = ship_max
+        del store.exact_traversals
+
+
+def same(store, mem, fn, *args):
+    """fn over MemGraph, over the store as recall uses it, with every walk inside the store (capped
+    and exact queries), and over the store level by level: all equal."""
+    answers = {"mem": fn(mem, *args), "store": fn(store, *args), "levels": fn(levels_only(store), *args)}
+    for exact in (False, True):
+        with whole_traversals(store, exact) as inside:
+            answers[f"inside, exact={exact}"] = fn(inside, *args)
+    answers = {k: r.as_dict() if isinstance(r, recall.Recall) else r for k, r in answers.items()}
+    for k, r in answers.items():
+        assert r == answers["mem"], (k, fn.__name__, args)
+    return answers["mem"]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(graph_params, st.integers(0, 10**6), st.integers(0, 12), st.integers(0, 100_000), st.integers(0, 100_000))
+def test_whole_traversals_match_level_by_level_on_cycles_windows_and_lot_nodes(store, params, seed, n_extra, a, b):
+    edges, lots = tangled(params, seed, n_extra)
+    done = completions(lots, params[0])
+    load(store, edges, lots, done)
+    mem = MemGraph(edges, lots, done)
+    since, until = BASE_MS + min(a, b), BASE_MS + max(a, b)
+    children = sorted({c for c, *_ in edges})
+    targets = children[:2] + children[-1:] + sorted(set(lots.values()))[:1] + sorted(lots)[-1:] + ["serial:NONE:X"]
+    for target in dict.fromkeys(targets):
+        r = same(store, mem, recall.recall, target)
+        assert set(r["serial_scope"]["units"]) == {n for n in reference.reach_forward(edges, target) if n.startswith("serial:")}
+        same(store, mem, recall.recall, target, since, until)
+        same(store, mem, recall.recall, target, None, until)
+        same(store, mem, recall.trace, target)
+        same(store, mem, recall.trace, target, 2)
+    same(store, mem, recall.forward, children[:3])
+    same(store, mem, recall.lot_level, children[:3], since, until)
+    for station, operator in (("ST1", None), ("ST2", "OP1"), ("NOWHERE", None)):
+        same(store, mem, recall.process_window, station, since, until, operator)
+
+
+def test_edge_cases_of_the_traversal_queries(store):
+    edges = [("lot:C:BAD", "lot:MIX:M1", "transformed", BASE_MS, "S"),
+             ("lot:MIX:M1", "serial:P:1", "consumed", BASE_MS, "S"),
+             ("lot:MIX:M1", "serial:P:2", "consumed", BASE_MS + 50, "S"),
+             ("serial:P:2", "lot:MIX:M1", "reworked", BASE_MS, "S"),       # a cycle through a lot node
+             ("serial:P:1", "serial:P:1", "reworked", BASE_MS, "S"),       # a self-loop
+             ("serial:P:3", "serial:Q:1", "installed", BASE_MS, "S"),
+             ("serial:Q:1", "container:carton:C1", "packed", BASE_MS, "S"),
+             ("serial:Q:2", "serial:P:1", "installed", BASE_MS, "S"),       # Q's lot reaches back into P's lot
+             ("lot:P:PL1", "serial:R:1", "consumed", BASE_MS, "S")]        # a production lot as a node
+    lots = {"serial:P:1": "lot:P:PL1", "serial:P:2": "lot:P:PL1", "serial:P:3": "lot:P:PL1",
+            "serial:Q:1": "lot:Q:QL1", "serial:Q:2": "lot:Q:QL1", "serial:R:1": "lot:R:RL1"}
+    load(store, edges, lots)
+    mem = MemGraph(edges, lots)
+    r = same(store, mem, recall.recall, "lot:C:BAD")
+    assert r["widened_by"] == {"lot:MIX:M1": 2} and r["levels"] == 2
+    assert r["lot_scope"]["production_lots"] == {"lot:P:PL1": 3, "lot:Q:QL1": 2, "lot:R:RL1": 1}
+    assert same(store, mem, recall.recall, "lot:C:BAD", BASE_MS + 1, BASE_MS + 2)["serial_scope"]["count"] == 0
+    # only the first hop is windowed; the way back to the target through P:2 does not re-open it
+    assert same(store, mem, recall.forward, "lot:MIX:M1", BASE_MS + 50, BASE_MS + 51) == ({"serial:P:2"}, 1)
+    for target in ("serial:P:2", "lot:P:PL1", "serial:Q:2", "container:carton:C1", "serial:NONE:X", "lot:NONE:X"):
+        same(store, mem, recall.recall, target)
+        same(store, mem, recall.trace, target)
+    assert same(store, mem, recall.forward, []) == (set(), 0)
+    assert same(store, mem, recall.lot_level, []) == {}
+    assert same(store, mem, recall.trace, "serial:P:1", 1)["depth"] == 1
+    assert same(store, mem, recall.forward, "lot:C:BAD") == ({"lot:MIX:M1", "serial:P:1", "serial:P:2"}, 2)
 
 
 def test_redelivered_edges_do_not_change_answers_or_counts(store):
