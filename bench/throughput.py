@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import socket
-import statistics
 import tempfile
 import time
 from datetime import datetime, timezone

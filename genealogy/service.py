@@ -27,7 +27,6 @@ import functools
 import logging
 import threading
 import time
-from pathlib import Path
 
 from aiohttp import web
 
