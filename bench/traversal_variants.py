@@ -2,7 +2,7 @@
 """Which way to run a traversal inside ClickHouse: the measurement behind sinks/store.py.
 
 Runs on the data recall_bench.py loaded (/tmp/recall-bench/edges-<N>/clickhouse), ClickHouse only,
-and times, on the same targets round-robin, question a (forward from a supplier lot, ~10,000
+and times, on the same targets round-robin in random order, question a (forward from a supplier lot, ~10,000
 nodes in 6 levels), b (forward from one board, 4 nodes), the lot-level scope of a, and /recall of a:
 
   forward
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import sys
 import time
@@ -279,8 +280,9 @@ def main() -> None:
             if bad:
                 raise SystemExit(f"{label} {t}: {bad} differ from the product")
         samples = {name: [] for name in variants}
-        for t in ts[2:]:
-            for name, fn in variants.items():
+        order = random.Random(len(ts))
+        for t in ts[2:]:  # in a random order per target: a fixed one favours or penalises whoever follows whom
+            for name, fn in order.sample(list(variants.items()), len(variants)):
                 t0 = time.perf_counter()
                 fn(t)
                 samples[name].append((time.perf_counter() - t0) * 1000)

@@ -45,11 +45,11 @@ RESOLVE_SQL = "SELECT DISTINCT node FROM nodes WHERE ident = {ident:String} AND 
 # --- whole traversals inside ClickHouse -------------------------------------------------------
 # genealogy.recall walks level by level through the Graph interface. With chdb every level then
 # shipped its whole frontier as an Array literal that ClickHouse had to parse (~19 ms per 5,000
-# ids), and /recall asked 14 such queries. The statements below keep every frontier inside
-# ClickHouse; only the answer crosses over. genealogy.recall then walks the fetched edges in
-# memory with its own level-by-level code, so BFS levels, seen sets and the first-hop window stay
-# exactly those of that code. What runs where was picked by measurement (bench/README.md,
-# "Traversal queries", bench/traversal_variants.py):
+# ids), and /recall asked 15 such queries. The statements below keep the frontiers inside
+# ClickHouse; only answers cross over. genealogy.recall uses them once a walk grows past SHIP_MAX
+# ids, and keeps its level-by-level code as the definition: tests/test_store.py asserts they
+# answer alike, cycles and windows included. What runs how was picked by measurement
+# (bench/README.md, "Where the time goes", and bench/traversal_variants.py):
 #
 # * Forward: a recursive CTE whose working table is plain rows (node, depth), each step ONE
 #   primary-key lookup `child IN (SELECT x FROM st)` joined back to the working table for the
@@ -100,7 +100,7 @@ WITH RECURSIVE
     starts AS ({starts}),
     st AS (
         SELECT DISTINCT parent AS x, toUInt32(1) AS depth FROM edges
-        PREWHERE child IN (SELECT node FROM starts) WHERE 1 {window}
+        PREWHERE child IN (SELECT node FROM starts) WHERE 1 {window} {not_starts}
       UNION ALL
         SELECT DISTINCT e.parent, toUInt32(r.depth + 1)
         FROM (SELECT child, parent FROM edges PREWHERE child IN (SELECT x FROM st) WHERE 1 {not_starts}) AS e
@@ -128,11 +128,11 @@ WITH RECURSIVE st AS (
 SELECT arrayJoin(frontier), depth FROM st
 SETTINGS max_recursive_cte_evaluation_depth = {uncapped}
 """
-# With production lots: the walk into recall_nodes, then rows (node, level, '') and (unit, 0, lot).
+# With production lots: the walk into recall_nodes, then rows (node, level, '', 0) and (unit, 0, lot, 1).
 FORWARD_LOTS_RESULT_SQL = """
-SELECT node, depth, '' FROM recall_nodes
+SELECT node, depth, '', toUInt8(0) FROM recall_nodes
 UNION ALL
-SELECT unit, toUInt32(0), any(production_lot) FROM units WHERE unit IN (SELECT node FROM recall_nodes) GROUP BY unit
+SELECT unit, toUInt32(0), any(production_lot), toUInt8(1) FROM units WHERE unit IN (SELECT node FROM recall_nodes) GROUP BY unit
 """
 
 # For each source, the serial nodes downstream of it (unwindowed forward, the source excluded).
@@ -385,8 +385,8 @@ class Store:
             rows = self.client.query(FORWARD_LOTS_RESULT_SQL).result_rows
         levels: dict[str, int] = {}
         unit_lots: dict[str, str] = {}
-        for node, depth, lot in rows:
-            if lot:
+        for node, depth, lot, is_lot in rows:
+            if is_lot:
                 unit_lots[node] = lot
             else:
                 levels[node] = int(depth)

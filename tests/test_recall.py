@@ -74,3 +74,19 @@ def test_process_window_is_the_window_units_and_everything_they_went_into(params
     assert r.units == sorted(n for n in expected if n.startswith("serial:"))
     assert r.shipments == sorted(n for n in expected if n.startswith("shipment:"))
     assert set(r.production_lots) >= {lots[u] for u in selected}
+
+
+@settings(max_examples=100, deadline=None)
+@given(graph_params, st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 10**6)), max_size=10))
+def test_cycles_end_and_reach_what_the_reference_reaches(params, extra):
+    edges, lots = layered(*params)
+    nodes = sorted({c for c, *_ in edges} | {p for _, p, *_ in edges})
+    edges += [(nodes[i % len(nodes)], nodes[j % len(nodes)], "reworked", BASE_MS, "ST1") for i, j in extra] if nodes else []
+    g = MemGraph(edges, lots)
+    for target in targets(edges):
+        r = recall.recall(g, target)
+        reached = reference.reach_forward(edges, target)
+        assert r.units == sorted(n for n in reached if n.startswith("serial:"))
+        assert r.shipments == sorted(n for n in reached if n.startswith("shipment:"))
+        t = recall.trace(g, target)  # a self-loop lists the target among its own components; the reference leaves it out
+        assert (set(t["leaves"]) | set(_all_nodes(t["components"]))) - {target} == reference.reach_backward(edges, target)

@@ -122,6 +122,7 @@ def test_whole_traversals_match_level_by_level_on_cycles_windows_and_lot_nodes(s
         same(store, mem, recall.trace, target)
         same(store, mem, recall.trace, target, 2)
     same(store, mem, recall.forward, children[:3])
+    same(store, mem, recall.forward, children[:3], since, until)
     same(store, mem, recall.lot_level, children[:3], since, until)
     for station, operator in (("ST1", None), ("ST2", "OP1"), ("NOWHERE", None)):
         same(store, mem, recall.process_window, station, since, until, operator)
@@ -136,14 +137,15 @@ def test_edge_cases_of_the_traversal_queries(store):
              ("serial:P:3", "serial:Q:1", "installed", BASE_MS, "S"),
              ("serial:Q:1", "container:carton:C1", "packed", BASE_MS, "S"),
              ("serial:Q:2", "serial:P:1", "installed", BASE_MS, "S"),       # Q's lot reaches back into P's lot
-             ("lot:P:PL1", "serial:R:1", "consumed", BASE_MS, "S")]        # a production lot as a node
+             ("lot:P:PL1", "serial:R:1", "consumed", BASE_MS, "S"),        # a production lot as a node
+             ("serial:R:1", "serial:E:1", "installed", BASE_MS, "S")]      # a unit whose lot is empty
     lots = {"serial:P:1": "lot:P:PL1", "serial:P:2": "lot:P:PL1", "serial:P:3": "lot:P:PL1",
-            "serial:Q:1": "lot:Q:QL1", "serial:Q:2": "lot:Q:QL1", "serial:R:1": "lot:R:RL1"}
+            "serial:Q:1": "lot:Q:QL1", "serial:Q:2": "lot:Q:QL1", "serial:R:1": "lot:R:RL1", "serial:E:1": ""}
     load(store, edges, lots)
     mem = MemGraph(edges, lots)
     r = same(store, mem, recall.recall, "lot:C:BAD")
     assert r["widened_by"] == {"lot:MIX:M1": 2} and r["levels"] == 2
-    assert r["lot_scope"]["production_lots"] == {"lot:P:PL1": 3, "lot:Q:QL1": 2, "lot:R:RL1": 1}
+    assert r["lot_scope"]["production_lots"] == {"": 1, "lot:P:PL1": 3, "lot:Q:QL1": 2, "lot:R:RL1": 1}
     assert same(store, mem, recall.recall, "lot:C:BAD", BASE_MS + 1, BASE_MS + 2)["serial_scope"]["count"] == 0
     # only the first hop is windowed; the way back to the target through P:2 does not re-open it
     assert same(store, mem, recall.forward, "lot:MIX:M1", BASE_MS + 50, BASE_MS + 51) == ({"serial:P:2"}, 1)
