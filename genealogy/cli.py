@@ -142,6 +142,8 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     table.add_row("workers ready", str(len(body["workers_ready"])))
     for name, lags in body.get("lag", {}).items():
         table.add_row(f"lag {name}", json.dumps(lags))
+    for name, state in body.get("groups", {}).items():
+        table.add_row(f"group {name}", state)
     for name, value in body["counts"].items():
         table.add_row(name, f"{value:,}")
     for d in body["dead_letters"]:
@@ -394,14 +396,16 @@ def _progress(quiet: bool) -> Progress:
 
 
 def wait_drained(client: ServiceClient, settle_s: float, timeout: float = 600.0, on_poll=lambda status: None) -> dict:
-    """Until nothing is in flight: no consumer lag anywhere and the store's counts unchanged for settle_s."""
+    """Until nothing is in flight: both consumer groups hold their partitions, no lag anywhere,
+    and the store's counts unchanged for settle_s."""
     deadline = time.monotonic() + timeout
     last, since = None, time.monotonic()
     while time.monotonic() < deadline:
         _, status = client.get("/status")
         on_poll(status)
         lag = status.get("lag", {})
-        idle = "error" not in lag and all(v == 0 for group in lag.values() for v in group.values())
+        idle = ("error" not in lag and all(v == 0 for group in lag.values() for v in group.values())
+                and all(state == "stable" for state in status.get("groups", {"": "unknown"}).values()))
         counts = status["counts"]
         if not idle or counts != last:
             last, since = counts, time.monotonic()

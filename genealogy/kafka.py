@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from genealogy.settings import Settings
@@ -69,6 +69,45 @@ def ensure_topics(settings: Settings, timeout: float = 20.0) -> None:
                 raise
 
 
+def end_offsets(settings: Settings, partitions: list[TopicPartition], timeout: float = 5.0) -> dict[tuple[str, int], int]:
+    """The offset after the last message of each partition, read rather than asked for.
+
+    Tansu (the embedded broker) answers ListOffsets with the base offset of the
+    last record batch plus one, so a producer batch of 1,000 messages looks like
+    one: consumer lag computed from it misses the tail of a feed. Fetching from
+    the reported high watermark minus one returns that whole last batch, and its
+    last offset is the true end. Against Kafka this reads one message per
+    partition and agrees with the watermark.
+    """
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "genealogy-end-offsets",
+                       "enable.auto.commit": False, "enable.partition.eof": True})
+    try:
+        ends, start = {}, []
+        for tp in partitions:
+            low, high = reader.get_watermark_offsets(tp, timeout=timeout)
+            ends[(tp.topic, tp.partition)] = high
+            if high > low:
+                start.append(TopicPartition(tp.topic, tp.partition, max(high - 1, low)))
+        if not start:
+            return ends
+        reader.assign(start)
+        open_ = {(tp.topic, tp.partition) for tp in start}
+        deadline = time.monotonic() + timeout
+        while open_ and time.monotonic() < deadline:
+            for m in reader.consume(num_messages=10_000, timeout=0.2):
+                key = (m.topic(), m.partition())
+                if m.error() is not None:
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        open_.discard(key)
+                    continue
+                ends[key] = max(ends[key], m.offset() + 1)
+        if open_:
+            raise KafkaException(f"end of {sorted(open_)} not reached in {timeout:.0f} s")
+        return ends
+    finally:
+        reader.close()
+
+
 def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0) -> dict[str, int]:
     """Messages not yet committed by ``group``, per topic."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
@@ -76,11 +115,21 @@ def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0)
         metadata = consumer.list_topics(timeout=timeout)
         partitions = [TopicPartition(t, p) for t in topics if t in metadata.topics for p in metadata.topics[t].partitions]
         committed = consumer.committed(partitions, timeout=timeout) if partitions else []
-        out = {t: 0 for t in topics}
-        for tp in committed:
-            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=timeout)
-            done = tp.offset if tp.offset >= 0 else 0
-            out[tp.topic] += max(high - done, 0)
-        return out
     finally:
         consumer.close()
+    ends = end_offsets(settings, partitions, timeout) if partitions else {}
+    out = {t: 0 for t in topics}
+    for tp in committed:
+        done = tp.offset if tp.offset >= 0 else 0
+        out[tp.topic] += max(ends[(tp.topic, tp.partition)] - done, 0)
+    return out
+
+
+def group_state(settings: Settings, group: str, timeout: float = 5.0) -> str:
+    """The consumer group's state as the coordinator reports it: ``stable`` once partitions are assigned.
+
+    Anything else (``preparing_rebalance``, ``completing_rebalance``, ``empty``, ``unknown``) means
+    that no consumer is working on the partitions right now, whatever the lag says."""
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout=timeout)
+    return description.state.name.lower()

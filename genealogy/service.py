@@ -113,6 +113,7 @@ class Service:
                 "stream": kafka.lag(s, s.app_id, [s.topic_capture]),
                 "sink": kafka.lag(s, s.sink_group, [s.topic_edges, s.topic_dead_letters, s.topic_capture]),
             }
+            out["groups"] = {"stream": kafka.group_state(s, s.app_id), "sink": kafka.group_state(s, s.sink_group)}
         except Exception as exc:  # the broker being down is a status to report, not a crash
             out["lag"] = {"error": str(exc)}
         if self.sink is not None:

@@ -22,7 +22,10 @@ import faust
 
 import schemas
 from genealogy.settings import Settings
+from aiokafka.partitioner import murmur2
+
 from streams.derive import Derived, Rejected, derive
+from streams.join import stations_with_pending
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,9 @@ station_state = app.Table("station-join", default=None, partitions=settings.part
 # station -> (wall clock of last activity, newest event time, pending completions, partition);
 # only for the idle timer, so it lives in worker memory, not in the table.
 activity: dict[str, tuple[float, int, int, int]] = {}
+# Set when partitions move: the stations they bring may hold completions that
+# the previous owner never flushed, and no event of theirs may ever come again.
+adopt_pending = False
 
 
 def dead_letter(stage: str, reason: str, message, source: str, event_id: str = "", kind: str = "",
@@ -123,9 +129,31 @@ async def derive_edges(stream):
             activity[station] = (now, max_ms, out.pending.get(station, 0), message.partition)
 
 
+def station_partition(station: str) -> int:
+    """The partition producers (murmur2, like Kafka's Java client) route a station's events to."""
+    return (murmur2(station.encode()) & 0x7FFFFFFF) % settings.partitions
+
+
+def adopt_stations_with_pending(now: float) -> None:
+    active = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_capture}
+    adopted = []
+    for station, max_ms in stations_with_pending(station_state).items():
+        partition = station_partition(station)
+        if station not in activity and partition in active:
+            activity[station] = (now, max_ms, 1, partition)
+            adopted.append(station)
+    if adopted:
+        log.warning("idle flush armed for %d stations holding completions from a previous owner: %s",
+                    len(adopted), ", ".join(adopted))
+
+
 @app.timer(interval=max(settings.idle_flush_s / 2, 0.1))
 async def idle_stations():
+    global adopt_pending
     now = time.monotonic()
+    if adopt_pending:
+        adopt_pending = False
+        adopt_stations_with_pending(now)
     for station, (seen, max_ms, pending, partition) in list(activity.items()):
         if pending and now - seen >= settings.idle_flush_s:
             flush_ms = max_ms + settings.grace_ms + 1
@@ -143,7 +171,9 @@ def _ready_file() -> "os.PathLike":
 
 @app.on_rebalance_complete.connect
 async def mark_ready(sender, **kwargs):
-    """`genealogy status` counts a worker as ready once it holds its partitions."""
+    """`genealogy status` counts a worker as ready once it holds its partitions (and their tables are recovered)."""
+    global adopt_pending
+    adopt_pending = True
     path = _ready_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(str(time.time()))
