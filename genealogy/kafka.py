@@ -108,8 +108,10 @@ def end_offsets(settings: Settings, partitions: list[TopicPartition], timeout: f
         reader.close()
 
 
-def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0) -> dict[str, int]:
-    """Messages not yet committed by ``group``, per topic."""
+def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0,
+        handled: dict[str, dict[int, int]] | None = None) -> dict[str, int]:
+    """Messages not yet committed by ``group``, per topic; ``handled`` (topic -> partition -> next
+    offset) counts messages the consumers report handled although their commit lags behind."""
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
     try:
         metadata = consumer.list_topics(timeout=timeout)
@@ -120,7 +122,7 @@ def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0)
     ends = end_offsets(settings, partitions, timeout) if partitions else {}
     out = {t: 0 for t in topics}
     for tp in committed:
-        done = tp.offset if tp.offset >= 0 else 0
+        done = max(tp.offset, (handled or {}).get(tp.topic, {}).get(tp.partition, 0), 0)
         out[tp.topic] += max(ends[(tp.topic, tp.partition)] - done, 0)
     return out
 

@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import json
 import logging
+import os
 import threading
 import time
 
@@ -74,6 +76,21 @@ def workers_ready(settings: Settings) -> list[str]:
     return sorted(p.stem for p in run.glob("worker-*.ready")) if run.exists() else []
 
 
+def handled_offsets(settings: Settings) -> dict[int, int]:
+    """Capture partition -> offset after the last message a live worker handled (from its ready file)."""
+    out: dict[int, int] = {}
+    run = settings.data_dir / "run"
+    for path in run.glob("worker-*.ready") if run.exists() else []:
+        try:
+            os.kill(int(path.stem.split("-", 1)[1]), 0)
+            handled = json.loads(path.read_text())["handled"]
+        except (OSError, ValueError, KeyError):  # a dead worker or a file being replaced
+            continue
+        for partition, offset in handled.items():
+            out[int(partition)] = max(out.get(int(partition), 0), int(offset))
+    return out
+
+
 class Service:
     def __init__(self, settings: Settings, with_sink: bool = True):
         self.settings = settings
@@ -110,7 +127,7 @@ class Service:
                "store": "embedded chdb" if s.store_dsn.startswith("chdb://") else "clickhouse server"}
         try:
             out["lag"] = {
-                "stream": kafka.lag(s, s.app_id, [s.topic_capture]),
+                "stream": kafka.lag(s, s.app_id, [s.topic_capture], handled={s.topic_capture: handled_offsets(s)}),
                 "sink": kafka.lag(s, s.sink_group, [s.topic_edges, s.topic_dead_letters, s.topic_capture]),
             }
             out["groups"] = {"stream": kafka.group_state(s, s.app_id), "sink": kafka.group_state(s, s.sink_group)}

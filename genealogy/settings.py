@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     topic_edges: str = "genealogy.edges"
     topic_dead_letters: str = "genealogy.dead-letters"
     schema_registry_url: str = Field(default="", description="Confluent Schema Registry; empty = the repository's own schemas with fixed ids")
+    # Tansu 0.6 reports a partition's high watermark as the base offset of its last record batch
+    # plus one. Faust restores a table by reading its changelog up to that mark, so a worker taking
+    # over a partition would miss the rest of the last batch: join state lost, wrong edges. With
+    # one record per producer batch the mark is exact. None = on for the embedded broker only.
+    single_record_batches: bool | None = None
 
     # Streaming join.
     app_id: str = "genealogy"
@@ -53,6 +58,13 @@ class Settings(BaseSettings):
         return not self.bootstrap_servers
 
     @property
+    def worker_producer_max_batch_bytes(self) -> int:
+        """aiokafka's max_batch_size for the Faust workers: 1 byte puts every record in its own batch
+        (a record larger than the limit is still sent), 16 KiB is aiokafka's default."""
+        single = self.embedded_broker if self.single_record_batches is None else self.single_record_batches
+        return 1 if single else 16_384
+
+    @property
     def kafka_bootstrap(self) -> str:
         return self.bootstrap_servers or f"127.0.0.1:{self.broker_port}"
 
@@ -68,7 +80,10 @@ class Settings(BaseSettings):
         """Environment for a child process so that it resolves the same settings."""
         env = dict(os.environ)
         for name, value in self.model_dump().items():
-            env[f"GENEALOGY_{name.upper()}"] = str(value)
+            if value is None:
+                env.pop(f"GENEALOGY_{name.upper()}", None)
+            else:
+                env[f"GENEALOGY_{name.upper()}"] = str(value)
         env["GENEALOGY_DATA_DIR"] = str(self.data_dir.resolve())
         return env
 

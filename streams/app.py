@@ -14,6 +14,7 @@ consumer group ``<app_id>`` and split the capture partitions between them.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -22,10 +23,7 @@ import faust
 
 import schemas
 from genealogy.settings import Settings
-from aiokafka.partitioner import murmur2
-
 from streams.derive import Derived, Rejected, derive
-from streams.join import stations_with_pending
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +46,7 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=settings.session_timeout_s,
     broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
+    producer_max_batch_size=settings.worker_producer_max_batch_bytes,  # see Settings.single_record_batches
 )
 
 capture_topic = app.topic(settings.topic_capture, key_type=bytes, value_type=bytes,
@@ -62,9 +61,11 @@ station_state = app.Table("station-join", default=None, partitions=settings.part
 # station -> (wall clock of last activity, newest event time, pending completions, partition);
 # only for the idle timer, so it lives in worker memory, not in the table.
 activity: dict[str, tuple[float, int, int, int]] = {}
-# Set when partitions move: the stations they bring may hold completions that
-# the previous owner never flushed, and no event of theirs may ever come again.
-adopt_pending = False
+
+# capture partition -> offset after the last message this worker handled. Published in the ready
+# file for `genealogy status`: Faust's committed offset can stall behind a hole in its ack
+# bookkeeping after a rebalance (faust-streaming#596, #606) although every message was handled.
+handled: dict[int, int] = {}
 
 
 def dead_letter(stage: str, reason: str, message, source: str, event_id: str = "", kind: str = "",
@@ -105,6 +106,7 @@ async def derive_edges(stream):
         except schemas.DecodeError as exc:
             log.warning("dead letter: %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
             await dead_letter_topic.send(key=key, value=dead_letter("decode", str(exc), message, key.decode(errors="replace")))
+            handled[message.partition] = message.offset + 1
             continue
 
         try:
@@ -113,6 +115,7 @@ async def derive_edges(stream):
             log.exception("dead letter: derive failed on %s[%d]@%d", message.topic, message.partition, message.offset)
             await dead_letter_topic.send(key=key, value=dead_letter(
                 "stream", f"{type(exc).__name__}: {exc}", message, batch["source"]))
+            handled[message.partition] = message.offset + 1
             continue
 
         for chunk in edge_batches(batch["batch_id"], out):
@@ -127,33 +130,12 @@ async def derive_edges(stream):
         now = time.monotonic()
         for station, max_ms in out.max_ms.items():
             activity[station] = (now, max_ms, out.pending.get(station, 0), message.partition)
-
-
-def station_partition(station: str) -> int:
-    """The partition producers (murmur2, like Kafka's Java client) route a station's events to."""
-    return (murmur2(station.encode()) & 0x7FFFFFFF) % settings.partitions
-
-
-def adopt_stations_with_pending(now: float) -> None:
-    active = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_capture}
-    adopted = []
-    for station, max_ms in stations_with_pending(station_state).items():
-        partition = station_partition(station)
-        if station not in activity and partition in active:
-            activity[station] = (now, max_ms, 1, partition)
-            adopted.append(station)
-    if adopted:
-        log.warning("idle flush armed for %d stations holding completions from a previous owner: %s",
-                    len(adopted), ", ".join(adopted))
+        handled[message.partition] = message.offset + 1
 
 
 @app.timer(interval=max(settings.idle_flush_s / 2, 0.1))
 async def idle_stations():
-    global adopt_pending
     now = time.monotonic()
-    if adopt_pending:
-        adopt_pending = False
-        adopt_stations_with_pending(now)
     for station, (seen, max_ms, pending, partition) in list(activity.items()):
         if pending and now - seen >= settings.idle_flush_s:
             flush_ms = max_ms + settings.grace_ms + 1
@@ -171,12 +153,23 @@ def _ready_file() -> "os.PathLike":
 
 @app.on_rebalance_complete.connect
 async def mark_ready(sender, **kwargs):
-    """`genealogy status` counts a worker as ready once it holds its partitions (and their tables are recovered)."""
-    global adopt_pending
-    adopt_pending = True
+    """`genealogy status` counts a worker as ready once it holds its partitions."""
+    handled.clear()  # partitions may have moved; what this worker handles from now on counts
+    _write_ready_file()
+
+
+def _write_ready_file() -> None:
     path = _ready_file()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(str(time.time()))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"ready_at": time.time(), "handled": handled}))
+    tmp.replace(path)
+
+
+@app.timer(interval=1.0)
+async def publish_progress():
+    if _ready_file().exists():
+        _write_ready_file()
 
 
 @app.on_before_shutdown.connect

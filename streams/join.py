@@ -91,12 +91,6 @@ def _slot_of(material_key: str) -> str:
     return material_key.split("\x1f", 1)[0]
 
 
-def stations_with_pending(table: Mapping) -> dict[str, int]:
-    """Station -> newest event time, for every station in ``table`` holding unresolved completions."""
-    return {key: meta["max_ms"] for key, meta in table.items()
-            if SEP not in key and meta and meta["buckets"] and meta["max_ms"] is not None}
-
-
 class StationJoin:
     def __init__(self, state: dict, grace_ms: int, retention_ms: int):
         self.state = state

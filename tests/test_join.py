@@ -173,16 +173,3 @@ def test_changelog_writes_per_batch_stay_small_however_busy_the_station():
     assert sum(len(table[k]) for k in buckets) == 10_000 and len(buckets) == len(table["ST"]["buckets"]) == 100
     assert max(table.written) < 20_000, max(table.written)
 
-
-@settings(max_examples=100, deadline=None)
-@given(station_log())
-def test_stations_with_pending_are_found_in_the_table_for_any_cut(log):
-    """What a worker inheriting a partition reads to arm the idle flush: exactly the stations still waiting."""
-    from streams.join import stations_with_pending
-    _, arrival, cuts = log
-    table = {}
-    for n, events in enumerate([arrival[:c] for c in cuts] + [arrival]):
-        table = {}
-        out = derive({"batch_id": f"b{n}", "source": "ST", "sent_ms": 0, "events": events}, table, GRACE, 10**9, now_ms=NOW)
-        expected = {"ST": out.max_ms["ST"]} if out.pending.get("ST") else {}
-        assert stations_with_pending(json.loads(json.dumps(table))) == expected
