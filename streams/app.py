@@ -45,8 +45,9 @@ app = faust.App(
     topic_replication_factor=1,
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=settings.session_timeout_s,
-    broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
-    producer_max_batch_size=settings.worker_producer_max_batch_bytes,  # see Settings.single_record_batches
+    # Both differ from the defaults on Tansu only: see Settings.tansu_broker.
+    broker_heartbeat_interval=settings.worker_heartbeat_s,
+    producer_max_batch_size=settings.worker_producer_max_batch_bytes,
 )
 
 capture_topic = app.topic(settings.topic_capture, key_type=bytes, value_type=bytes,

@@ -112,7 +112,7 @@ def broker(s3_endpoint, tmp_path):
 @pytest.fixture
 def stack(broker, tmp_path):
     # bootstrap_servers set: Stack.start creates the topics on our broker and starts no broker of its own.
-    settings = Settings(data_dir=tmp_path / "stack", bootstrap_servers=broker.bootstrap, single_record_batches=True, broker_port=broker.port,
+    settings = Settings(data_dir=tmp_path / "stack", bootstrap_servers=broker.bootstrap, tansu_broker=True, broker_port=broker.port,
                         http_port=free_port(), workers=1, idle_flush_s=1.0, sink_flush_s=0.3)
     stack = Stack(settings)
     stack.start(ready_timeout=180)
