@@ -405,7 +405,7 @@ def wait_drained(client: ServiceClient, settle_s: float, timeout: float = 600.0,
         on_poll(status)
         lag = status.get("lag", {})
         idle = ("error" not in lag and all(v == 0 for group in lag.values() for v in group.values())
-                and all(state == "stable" for state in status.get("groups", {"": "unknown"}).values()))
+                and all(state == "stable" for state in status.get("groups", {}).values()))
         counts = status["counts"]
         if not idle or counts != last:
             last, since = counts, time.monotonic()

@@ -112,26 +112,39 @@ def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0,
         handled: dict[str, dict[int, int]] | None = None) -> dict[str, int]:
     """Messages not yet committed by ``group``, per topic; ``handled`` (topic -> partition -> next
     offset) counts messages the consumers report handled although their commit lags behind."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
-    try:
-        metadata = consumer.list_topics(timeout=timeout)
-        partitions = [TopicPartition(t, p) for t in topics if t in metadata.topics for p in metadata.topics[t].partitions]
-        committed = consumer.committed(partitions, timeout=timeout) if partitions else []
-    finally:
-        consumer.close()
-    ends = end_offsets(settings, partitions, timeout) if partitions else {}
-    out = {t: 0 for t in topics}
-    for tp in committed:
-        done = max(tp.offset, (handled or {}).get(tp.topic, {}).get(tp.partition, 0), 0)
-        out[tp.topic] += max(ends[(tp.topic, tp.partition)] - done, 0)
+    return lags(settings, {group: topics}, timeout, {group: handled or {}})[group]
+
+
+def lags(settings: Settings, groups: dict[str, list[str]], timeout: float = 5.0,
+         handled: dict[str, dict[str, dict[int, int]]] | None = None) -> dict[str, dict[str, int]]:
+    """lag() for several groups, reading each partition's end once."""
+    committed: dict[str, list[TopicPartition]] = {}
+    partitions: dict[tuple[str, int], TopicPartition] = {}
+    for group, topics in groups.items():
+        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+        try:
+            metadata = consumer.list_topics(timeout=timeout)
+            tps = [TopicPartition(t, p) for t in topics if t in metadata.topics for p in metadata.topics[t].partitions]
+            committed[group] = consumer.committed(tps, timeout=timeout) if tps else []
+        finally:
+            consumer.close()
+        partitions.update({(tp.topic, tp.partition): tp for tp in tps})
+    ends = end_offsets(settings, list(partitions.values()), timeout) if partitions else {}
+    out = {}
+    for group, topics in groups.items():
+        done_elsewhere = (handled or {}).get(group, {})
+        out[group] = {t: 0 for t in topics}
+        for tp in committed[group]:
+            done = max(tp.offset, done_elsewhere.get(tp.topic, {}).get(tp.partition, 0), 0)
+            out[group][tp.topic] += max(ends[(tp.topic, tp.partition)] - done, 0)
     return out
 
 
-def group_state(settings: Settings, group: str, timeout: float = 5.0) -> str:
-    """The consumer group's state as the coordinator reports it: ``stable`` once partitions are assigned.
+def group_states(settings: Settings, groups: list[str], timeout: float = 5.0) -> dict[str, str]:
+    """Each consumer group's state as the coordinator reports it: ``stable`` once partitions are assigned.
 
     Anything else (``preparing_rebalance``, ``completing_rebalance``, ``empty``, ``unknown``) means
     that no consumer is working on the partitions right now, whatever the lag says."""
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
-    description = admin.describe_consumer_groups([group], request_timeout=timeout)[group].result(timeout=timeout)
-    return description.state.name.lower()
+    futures = admin.describe_consumer_groups(groups, request_timeout=timeout)
+    return {group: future.result(timeout=timeout).state.name.lower() for group, future in futures.items()}

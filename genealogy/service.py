@@ -126,11 +126,12 @@ class Service:
                "workers_ready": workers_ready(s), "uptime_s": round(time.time() - self.started, 1),
                "store": "embedded chdb" if s.store_dsn.startswith("chdb://") else "clickhouse server"}
         try:
-            out["lag"] = {
-                "stream": kafka.lag(s, s.app_id, [s.topic_capture], handled={s.topic_capture: handled_offsets(s)}),
-                "sink": kafka.lag(s, s.sink_group, [s.topic_edges, s.topic_dead_letters, s.topic_capture]),
-            }
-            out["groups"] = {"stream": kafka.group_state(s, s.app_id), "sink": kafka.group_state(s, s.sink_group)}
+            lags = kafka.lags(s, {s.app_id: [s.topic_capture],
+                                  s.sink_group: [s.topic_edges, s.topic_dead_letters, s.topic_capture]},
+                              handled={s.app_id: {s.topic_capture: handled_offsets(s)}})
+            states = kafka.group_states(s, [s.app_id, s.sink_group])
+            out["lag"] = {"stream": lags[s.app_id], "sink": lags[s.sink_group]}
+            out["groups"] = {"stream": states[s.app_id], "sink": states[s.sink_group]}
         except Exception as exc:  # the broker being down is a status to report, not a crash
             out["lag"] = {"error": str(exc)}
         if self.sink is not None:

@@ -100,38 +100,40 @@ def single_event_batch(batch: dict, r: Rejected) -> bytes:
 @app.agent(capture_topic)
 async def derive_edges(stream):
     async for event in stream.events():
-        message = event.message
-        key = message.key or b""
-        try:
-            _, batch = serde.decode(message.value, expect=schemas.CAPTURE)
-        except schemas.DecodeError as exc:
-            log.warning("dead letter: %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
-            await dead_letter_topic.send(key=key, value=dead_letter("decode", str(exc), message, key.decode(errors="replace")))
-            handled[message.partition] = message.offset + 1
-            continue
+        await handle(event.message)
+        handled[event.message.partition] = event.message.offset + 1
 
-        try:
-            out: Derived = derive(batch, station_state, settings.grace_ms, settings.retention_ms)
-        except Exception as exc:  # a bug must cost one batch (kept, replayable), not the pipeline
-            log.exception("dead letter: derive failed on %s[%d]@%d", message.topic, message.partition, message.offset)
-            await dead_letter_topic.send(key=key, value=dead_letter(
-                "stream", f"{type(exc).__name__}: {exc}", message, batch["source"]))
-            handled[message.partition] = message.offset + 1
-            continue
 
-        for chunk in edge_batches(batch["batch_id"], out):
-            # No wait for the ack here: Faust flushes its producer before it commits an offset,
-            # so a crash can redeliver this batch but never lose its edges.
-            await edges_topic.send(key=key, value=serde.encode(schemas.EDGES, chunk))
-        for r in out.rejected:
-            event_id = r.event.get("event_id", "")
-            log.info("dead letter (%s) %s %s: %s", r.stage, r.kind, event_id, r.reason)
-            await dead_letter_topic.send(key=key, value=dead_letter(
-                r.stage, r.reason, message, batch["source"], event_id, r.kind, single_event_batch(batch, r)))
-        now = time.monotonic()
-        for station, max_ms in out.max_ms.items():
-            activity[station] = (now, max_ms, out.pending.get(station, 0), message.partition)
-        handled[message.partition] = message.offset + 1
+async def handle(message) -> None:
+    """One capture batch: its edges, units and facts out, or its dead letters."""
+    key = message.key or b""
+    try:
+        _, batch = serde.decode(message.value, expect=schemas.CAPTURE)
+    except schemas.DecodeError as exc:
+        log.warning("dead letter: %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
+        await dead_letter_topic.send(key=key, value=dead_letter("decode", str(exc), message, key.decode(errors="replace")))
+        return
+
+    try:
+        out: Derived = derive(batch, station_state, settings.grace_ms, settings.retention_ms)
+    except Exception as exc:  # a bug must cost one batch (kept, replayable), not the pipeline
+        log.exception("dead letter: derive failed on %s[%d]@%d", message.topic, message.partition, message.offset)
+        await dead_letter_topic.send(key=key, value=dead_letter(
+            "stream", f"{type(exc).__name__}: {exc}", message, batch["source"]))
+        return
+
+    for chunk in edge_batches(batch["batch_id"], out):
+        # No wait for the ack here: Faust flushes its producer before it commits an offset,
+        # so a crash can redeliver this batch but never lose its edges.
+        await edges_topic.send(key=key, value=serde.encode(schemas.EDGES, chunk))
+    for r in out.rejected:
+        event_id = r.event.get("event_id", "")
+        log.info("dead letter (%s) %s %s: %s", r.stage, r.kind, event_id, r.reason)
+        await dead_letter_topic.send(key=key, value=dead_letter(
+            r.stage, r.reason, message, batch["source"], event_id, r.kind, single_event_batch(batch, r)))
+    now = time.monotonic()
+    for station, max_ms in out.max_ms.items():
+        activity[station] = (now, max_ms, out.pending.get(station, 0), message.partition)
 
 
 @app.timer(interval=max(settings.idle_flush_s / 2, 0.1))

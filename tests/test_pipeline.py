@@ -29,9 +29,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(tmp_path, workers=1, **overrides) -> Stack:
+def start_stack(tmp_path, workers=1) -> Stack:
     s = Settings(data_dir=tmp_path / "stack", broker_port=free_port(), http_port=free_port(), workers=workers,
-                 **{"idle_flush_s": 1.0, "sink_flush_s": 0.3, **overrides})
+                 idle_flush_s=1.0, sink_flush_s=0.3)
     stack = Stack(s)
     stack.start()
     return stack
