@@ -108,6 +108,37 @@ def end_offsets(settings: Settings, partitions: list[TopicPartition], timeout: f
         reader.close()
 
 
+def committed(settings: Settings, group: str, partitions: list[TopicPartition], timeout: float = 5.0) -> dict[tuple[str, int], int]:
+    """The group's committed offset of each partition; -1 where it has committed none."""
+    if not partitions:
+        return {}
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
+    finally:
+        consumer.close()
+
+
+def read_range(settings: Settings, topic: str, partition: int, start: int, end: int, timeout: float = 10.0) -> list:
+    """Messages [start, end) of one partition, read outside any consumer group."""
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "genealogy-range-reader",
+                       "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    try:
+        reader.assign([TopicPartition(topic, partition, start)])
+        out, deadline = [], time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for m in reader.consume(num_messages=1_000, timeout=0.2):
+                if m.error() is not None:
+                    continue
+                if m.offset() < end:
+                    out.append(m)
+                if m.offset() + 1 >= end:
+                    return out
+        raise KafkaException(f"{topic}[{partition}] offsets {start}..{end - 1} not read in {timeout:.0f} s")
+    finally:
+        reader.close()
+
+
 def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0,
         handled: dict[str, dict[int, int]] | None = None) -> dict[str, int]:
     """Messages not yet committed by ``group``, per topic; ``handled`` (topic -> partition -> next

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     retention_ms: int = Field(default=6 * 3600 * 1000, description="Material history kept behind the watermark for late unit completions")
     idle_flush_s: float = Field(default=2.0, description="Wall-clock idle time after which a quiet station's pending completions are resolved")
     session_timeout_s: float = Field(default=10.0, description="A worker silent this long leaves the group and its partitions move")
+    worker_stall_check_s: float = Field(default=5.0, description=(
+        "A worker that got nothing from an assigned capture partition this long checks it against the "
+        "partition's end, and reads what its consumer skipped (see streams.progress)"))
 
     # ClickHouse. Empty dsn means: embedded chdb engine under data_dir/clickhouse.
     clickhouse_dsn: str = ""

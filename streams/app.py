@@ -13,22 +13,30 @@ consumer group ``<app_id>`` and split the capture partitions between them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import os
 import time
+from collections import defaultdict
 
 import faust
+from confluent_kafka import KafkaException, TopicPartition
+from faust.types import TP, Message
 
 import schemas
+from genealogy import kafka
 from genealogy.settings import Settings
 from streams.derive import Derived, Rejected, derive
+from streams.progress import Progress, Verdict
 
 log = logging.getLogger(__name__)
 
 # ~200 bytes an edge: keeps every edges message far below the 1 MB default request size.
 EDGE_BATCH_ROWS = 2_000
+# Skipped capture messages are read back in chunks of this many, to bound memory.
+SKIPPED_READ_CHUNK = 1_000
 
 settings = Settings()
 serde = schemas.serde_for(settings)
@@ -63,10 +71,12 @@ station_state = app.Table("station-join", default=None, partitions=settings.part
 # only for the idle timer, so it lives in worker memory, not in the table.
 activity: dict[str, tuple[float, int, int, int]] = {}
 
-# capture partition -> offset after the last message this worker handled. Published in the ready
-# file for `genealogy status`: Faust's committed offset can stall behind a hole in its ack
-# bookkeeping after a rebalance (faust-streaming#596, #606) although every message was handled.
-handled: dict[int, int] = {}
+# Capture partition -> next offset to handle in the current assignment (see streams.progress).
+# Published in the ready file for `genealogy status`, since Faust's committed offset can lag
+# behind what was handled (faust-streaming#596, #606).
+progress = Progress()
+partition_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
+last_handled_at: dict[int, float] = {}
 
 
 def dead_letter(stage: str, reason: str, message, source: str, event_id: str = "", kind: str = "",
@@ -100,8 +110,55 @@ def single_event_batch(batch: dict, r: Rejected) -> bytes:
 @app.agent(capture_topic)
 async def derive_edges(stream):
     async for event in stream.events():
-        await handle(event.message)
-        handled[event.message.partition] = event.message.offset + 1
+        await handle_in_order(event.message)
+
+
+async def handle_in_order(message) -> None:
+    """Handle a capture message after whatever its partition's consumer skipped before it, and once only."""
+    partition = message.partition
+    async with partition_locks[partition]:
+        epoch = progress.epoch
+        verdict = progress.check(partition, message.offset)
+        if verdict is Verdict.UNKNOWN:
+            progress.start(partition, await committed_offset(partition))
+            verdict = progress.check(partition, message.offset)
+        if verdict is Verdict.DUPLICATE:
+            return
+        if verdict is Verdict.GAP:
+            try:
+                await handle_skipped(partition, progress.next_offset[partition], message.offset, epoch)
+            except KafkaException as exc:
+                # Progress stays in front of the gap, so the next message or the stall check retries it.
+                log.error("capture[%d]: skipped messages not read back yet: %s", partition, exc)
+                return
+        await handle(message)
+        progress.handled(partition, message.offset, epoch)
+        last_handled_at[partition] = time.monotonic()
+
+
+async def committed_offset(partition: int) -> int:
+    tp = TopicPartition(settings.topic_capture, partition)
+    offsets = await asyncio.get_running_loop().run_in_executor(None, kafka.committed, settings, settings.app_id, [tp])
+    return offsets[(tp.topic, tp.partition)]
+
+
+async def handle_skipped(partition: int, start: int, end: int, epoch: int) -> None:
+    """Capture offsets [start, end) the consumer never delivered: read them from the topic, handle them in order."""
+    log.warning("capture[%d] offsets %d..%d were skipped by the consumer; reading them from the topic",
+                partition, start, end - 1)
+    loop = asyncio.get_running_loop()
+    for chunk in range(start, end, SKIPPED_READ_CHUNK):
+        read = await loop.run_in_executor(None, kafka.read_range, settings, settings.topic_capture, partition,
+                                          chunk, min(end, chunk + SKIPPED_READ_CHUNK))
+        for m in read:
+            message = Message(m.topic(), m.partition(), m.offset(), m.timestamp()[1] / 1000, m.timestamp()[0],
+                              m.headers(), m.key(), m.value(), None, tp=TP(m.topic(), m.partition()),
+                              generation_id=app.consumer_generation_id)
+            await handle(message)
+            progress.handled(partition, m.offset(), epoch)
+            # Faust never saw these, so never acked them: its commit would stall in front of them.
+            app.consumer.ack(message)
+    last_handled_at[partition] = time.monotonic()
 
 
 async def handle(message) -> None:
@@ -150,6 +207,37 @@ async def idle_stations():
             activity[station] = (now, max_ms, 0, partition)
 
 
+@app.timer(interval=settings.worker_stall_check_s)
+async def handle_stalled_partitions():
+    """A skipped message at the end of a partition has no later message to reveal it: compare with the end."""
+    if app.rebalancing:
+        return
+    try:
+        await _handle_stalled_partitions()
+    except KafkaException as exc:
+        log.error("stall check failed, next try in %.0f s: %s", settings.worker_stall_check_s, exc)
+
+
+async def _handle_stalled_partitions() -> None:
+    now = time.monotonic()
+    idle = [tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_capture
+            and now - last_handled_at.get(tp.partition, progress.assigned_at) >= settings.worker_stall_check_s]
+    if not idle:
+        return
+    loop = asyncio.get_running_loop()
+    for partition in idle:
+        if partition not in progress.next_offset:
+            progress.start(partition, await committed_offset(partition))
+    ends = await loop.run_in_executor(None, kafka.end_offsets, settings,
+                                      [TopicPartition(settings.topic_capture, p) for p in idle])
+    behind = progress.behind({p: ends[(settings.topic_capture, p)] for p in idle})
+    for partition, (_, end) in behind.items():
+        async with partition_locks[partition]:
+            start = progress.next_offset.get(partition)
+            if start is not None and start < end and not app.rebalancing:
+                await handle_skipped(partition, start, end, progress.epoch)
+
+
 def _ready_file() -> "os.PathLike":
     return settings.data_dir / "run" / f"worker-{os.getpid()}.ready"
 
@@ -157,7 +245,8 @@ def _ready_file() -> "os.PathLike":
 @app.on_rebalance_complete.connect
 async def mark_ready(sender, **kwargs):
     """`genealogy status` counts a worker as ready once it holds its partitions."""
-    handled.clear()  # partitions may have moved; what this worker handles from now on counts
+    progress.reassigned(time.monotonic())  # partitions may have moved; each resumes at its committed offset
+    last_handled_at.clear()
     _write_ready_file()
 
 
@@ -165,7 +254,7 @@ def _write_ready_file() -> None:
     path = _ready_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"ready_at": time.time(), "handled": handled}))
+    tmp.write_text(json.dumps({"ready_at": time.time(), "handled": progress.next_offset}))
     tmp.replace(path)
 
 
