@@ -35,10 +35,9 @@ class Settings(BaseSettings):
     #   one; Faust restores a table by reading its changelog up to that mark, so a worker taking
     #   over a partition would miss the rest of the last batch. One record per batch: exact mark.
     # * a worker learns of a rebalance only from its next heartbeat, and Tansu hands the partition
-    #   to the newcomer meanwhile, so both process it for up to one heartbeat interval and the
-    #   newcomer can miss state the old owner wrote then. Heartbeats every 0.3 s shrink that window
-    #   (tests/test_faults.py join/leave lost a reel change in 5 of 5 runs with 3 s, 1 of 7 with
-    #   0.3 s); they do not close it, see the xfail there.
+    #   to the newcomer meanwhile, so both process it for up to one heartbeat interval. Heartbeats
+    #   every 0.3 s shrink that window. (The reel changes tests/test_faults.py's join/leave run
+    #   used to lose came mostly from Faust skipping messages around rebalances: streams.progress.)
     # None = on for the embedded broker, off for an external one (assumed Kafka).
     tansu_broker: bool | None = None
 

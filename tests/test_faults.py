@@ -92,11 +92,6 @@ def test_sink_sigkilled_mid_batch(tmp_path):
         stack.stop()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known bug, not fixed: Tansu hands a partition to a joining worker before the old owner has noticed the "
-    "rebalance; for that window both process it and the newcomer can miss join state the old owner wrote "
-    "(one reel change of SMT-1: 1,250 extra / 436 missing edges). 5 of 5 runs failed with 3 s heartbeats, "
-    "1 of 7 with the 0.3 s now used on Tansu. Kafka waits for every member to rejoin, so deploy/ is not affected"))
 def test_workers_join_and_leave_mid_run(tmp_path):
     stack = start_stack(tmp_path, workers=1)
     try:
