@@ -32,8 +32,8 @@ class Settings(BaseSettings):
     # Tansu 0.6, the embedded broker, differs from Kafka in two ways that break Faust's table
     # hand-over between workers, so workers on it are configured around them:
     # * it reports a partition's high watermark as the base offset of its last record batch plus
-    #   one; Faust restores a table by reading its changelog up to that mark, so a worker taking
-    #   over a partition would miss the rest of the last batch. One record per batch: exact mark.
+    #   one; Faust restores a table by reading its changelog up to that mark, so workers read the
+    #   changelogs' true end from the log instead (streams.tansu).
     # * a worker learns of a rebalance only from its next heartbeat, and Tansu hands the partition
     #   to the newcomer meanwhile, so both process it for up to one heartbeat interval. Heartbeats
     #   every 0.3 s shrink that window. (The reel changes tests/test_faults.py's join/leave run
@@ -69,12 +69,6 @@ class Settings(BaseSettings):
     @property
     def is_tansu(self) -> bool:
         return self.embedded_broker if self.tansu_broker is None else self.tansu_broker
-
-    @property
-    def worker_producer_max_batch_bytes(self) -> int:
-        """aiokafka's max_batch_size for the Faust workers: 1 byte puts every record in its own batch
-        (a record larger than the limit is still sent), 16 KiB is aiokafka's default."""
-        return 1 if self.is_tansu else 16_384
 
     @property
     def worker_heartbeat_s(self) -> float:

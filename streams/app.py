@@ -24,12 +24,14 @@ from collections import defaultdict
 import faust
 from confluent_kafka import KafkaException, TopicPartition
 from faust.types import TP, Message
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, wait_exponential
 
 import schemas
 from genealogy import kafka
 from genealogy.settings import Settings
 from streams.derive import Derived, Rejected, derive
 from streams.progress import Progress, Verdict
+from streams.tansu import read_highwaters_from_the_log
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +55,11 @@ app = faust.App(
     topic_replication_factor=1,
     consumer_auto_offset_reset="earliest",
     broker_session_timeout=settings.session_timeout_s,
-    # Both differ from the defaults on Tansu only: see Settings.tansu_broker.
+    # Shorter than the default on Tansu only: see Settings.tansu_broker.
     broker_heartbeat_interval=settings.worker_heartbeat_s,
-    producer_max_batch_size=settings.worker_producer_max_batch_bytes,
 )
+if settings.is_tansu:
+    read_highwaters_from_the_log(settings)
 
 capture_topic = app.topic(settings.topic_capture, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
@@ -137,8 +140,13 @@ async def handle_in_order(message) -> None:
 
 
 async def committed_offset(partition: int) -> int:
+    """Where the group resumes `partition`; waits out a broker that is away, as the consumer itself does."""
     tp = TopicPartition(settings.topic_capture, partition)
-    offsets = await asyncio.get_running_loop().run_in_executor(None, kafka.committed, settings, settings.app_id, [tp])
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(max=5),
+                                       before_sleep=before_sleep_log(log, logging.WARNING)):
+        with attempt:
+            offsets = await asyncio.get_running_loop().run_in_executor(
+                None, kafka.committed, settings, settings.app_id, [tp])
     return offsets[(tp.topic, tp.partition)]
 
 

@@ -49,26 +49,35 @@ def test_lag_counts_every_message_of_a_batched_feed(broker):
     assert ends == {(broker.topic_capture, 0): 500, (broker.topic_capture, 1): 500}
 
 
-def test_worker_producer_batches_keep_the_brokers_high_watermark_exact(broker):
-    """Faust restores a table from its changelog up to the broker's high watermark; on Tansu that
-    mark is exact only if every record is its own batch (what the workers' producer is set to)."""
+def test_worker_table_recovery_reads_the_changelogs_true_end(broker):
+    """Faust restores a table from its changelog up to the highwaters its consumer reports; on
+    Tansu the broker's mark stops at the last record batch's base, so workers read it from the log."""
     import asyncio
 
     from aiokafka import AIOKafkaProducer
+    from faust.transport.drivers import aiokafka as faust_aiokafka
+    from faust.types import TP
 
-    async def produce(topic: str, max_batch_bytes: int) -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.kafka_bootstrap, max_batch_size=max_batch_bytes)
+    from streams.tansu import read_highwaters_from_the_log
+
+    async def produce(topic: str) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.kafka_bootstrap)  # aiokafka's default batching
         await producer.start()
         try:
             await asyncio.gather(*[await producer.send(topic, b"x" * 100, partition=0) for _ in range(500)])
         finally:
             await producer.stop()
 
+    asyncio.run(produce(broker.topic_edges))
     reader = Consumer({"bootstrap.servers": broker.kafka_bootstrap, "group.id": "watermarks"})
-    assert broker.worker_producer_max_batch_bytes == 1 and broker.embedded_broker
-    asyncio.run(produce(broker.topic_edges, broker.worker_producer_max_batch_bytes))
-    assert reader.get_watermark_offsets(TopicPartition(broker.topic_edges, 0), timeout=5)[1] == 500
-    # What the setting works around: with aiokafka's default batching the mark falls short.
-    asyncio.run(produce(broker.topic_dead_letters, 16_384))
-    assert reader.get_watermark_offsets(TopicPartition(broker.topic_dead_letters, 0), timeout=5)[1] < 500
+    # What the patch works around: the broker's own mark falls short of the 500 records.
+    assert reader.get_watermark_offsets(TopicPartition(broker.topic_edges, 0), timeout=5)[1] < 500
     reader.close()
+
+    original = faust_aiokafka.Consumer.highwaters
+    try:
+        read_highwaters_from_the_log(broker)
+        tps = [TP(broker.topic_edges, 0), TP(broker.topic_edges, 1)]
+        assert asyncio.run(faust_aiokafka.Consumer.highwaters(None, *tps)) == {tps[0]: 500, tps[1]: 0}
+    finally:
+        faust_aiokafka.Consumer.highwaters = original
