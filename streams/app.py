@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import time
-from collections import defaultdict
 
 import faust
 from confluent_kafka import KafkaException, TopicPartition
@@ -78,7 +77,6 @@ activity: dict[str, tuple[float, int, int, int]] = {}
 # Published in the ready file for `genealogy status`, since Faust's committed offset can lag
 # behind what was handled (faust-streaming#596, #606).
 progress = Progress()
-partition_locks: dict[int, asyncio.Lock] = defaultdict(asyncio.Lock)
 last_handled_at: dict[int, float] = {}
 
 
@@ -118,25 +116,23 @@ async def derive_edges(stream):
 
 async def handle_in_order(message) -> None:
     """Handle a capture message after whatever its partition's consumer skipped before it, and once only."""
-    partition = message.partition
-    async with partition_locks[partition]:
-        epoch = progress.epoch
+    partition, epoch = message.partition, progress.epoch
+    verdict = progress.check(partition, message.offset)
+    if verdict is Verdict.UNKNOWN:
+        progress.start(partition, await committed_offset(partition))
         verdict = progress.check(partition, message.offset)
-        if verdict is Verdict.UNKNOWN:
-            progress.start(partition, await committed_offset(partition))
-            verdict = progress.check(partition, message.offset)
-        if verdict is Verdict.DUPLICATE:
+    if verdict is Verdict.DUPLICATE:
+        return
+    if verdict is Verdict.GAP:
+        try:
+            await handle_skipped(partition, progress.next_offset[partition], message.offset, epoch)
+        except KafkaException as exc:
+            # Progress stays in front of the gap, so the next message or the stall check retries it.
+            log.error("capture[%d]: skipped messages not read back yet: %s", partition, exc)
             return
-        if verdict is Verdict.GAP:
-            try:
-                await handle_skipped(partition, progress.next_offset[partition], message.offset, epoch)
-            except KafkaException as exc:
-                # Progress stays in front of the gap, so the next message or the stall check retries it.
-                log.error("capture[%d]: skipped messages not read back yet: %s", partition, exc)
-                return
-        await handle(message)
-        progress.handled(partition, message.offset, epoch)
-        last_handled_at[partition] = time.monotonic()
+    await handle(message)
+    progress.handled(partition, message.offset, epoch)
+    last_handled_at[partition] = time.monotonic()
 
 
 async def committed_offset(partition: int) -> int:
@@ -216,34 +212,33 @@ async def idle_stations():
 
 
 @app.timer(interval=settings.worker_stall_check_s)
-async def handle_stalled_partitions():
-    """A skipped message at the end of a partition has no later message to reveal it: compare with the end."""
+async def wake_stalled_partitions():
+    """A skipped message at the end of a partition has no later message to reveal it: compare with the end,
+    and where the worker is behind, append an empty capture batch there. Its arrival shows the agent the gap,
+    which it then reads back itself (table writes need the agent's event: they go to that event's partition)."""
     if app.rebalancing:
         return
     try:
-        await _handle_stalled_partitions()
+        for partition in await _behind_partitions():
+            wake = {"batch_id": f"wake:{partition}:{time.time_ns()}", "source": "genealogy-worker",
+                    "sent_ms": int(time.time() * 1000), "events": []}
+            await capture_topic.send(key=b"", value=serde.encode(schemas.CAPTURE, wake), partition=partition)
     except KafkaException as exc:
         log.error("stall check failed, next try in %.0f s: %s", settings.worker_stall_check_s, exc)
 
 
-async def _handle_stalled_partitions() -> None:
+async def _behind_partitions() -> list[int]:
     now = time.monotonic()
     idle = [tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_capture
             and now - last_handled_at.get(tp.partition, progress.assigned_at) >= settings.worker_stall_check_s]
     if not idle:
-        return
-    loop = asyncio.get_running_loop()
+        return []
     for partition in idle:
         if partition not in progress.next_offset:
             progress.start(partition, await committed_offset(partition))
-    ends = await loop.run_in_executor(None, kafka.end_offsets, settings,
-                                      [TopicPartition(settings.topic_capture, p) for p in idle])
-    behind = progress.behind({p: ends[(settings.topic_capture, p)] for p in idle})
-    for partition, (_, end) in behind.items():
-        async with partition_locks[partition]:
-            start = progress.next_offset.get(partition)
-            if start is not None and start < end and not app.rebalancing:
-                await handle_skipped(partition, start, end, progress.epoch)
+    ends = await asyncio.get_running_loop().run_in_executor(
+        None, kafka.end_offsets, settings, [TopicPartition(settings.topic_capture, p) for p in idle])
+    return sorted(progress.behind({p: ends[(settings.topic_capture, p)] for p in idle}))
 
 
 def _ready_file() -> "os.PathLike":

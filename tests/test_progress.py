@@ -83,3 +83,11 @@ def test_every_offset_handled_once_in_order_whatever_is_delivered(committed, end
     assert handled == expected
     # What the stall check reads back: the rest up to the partition's end.
     assert p.behind({0: end}) == ({0: (p.next_offset[0], end)} if p.next_offset[0] < end else {})
+
+
+def test_the_stall_checks_wake_up_batch_derives_nothing():
+    """What a worker appends to a partition it is behind on: its only effect is to be a later offset."""
+    from streams.derive import derive
+
+    out = derive({"batch_id": "wake:0:1", "source": "genealogy-worker", "sent_ms": 1, "events": []}, {}, 10_000, 3_600_000)
+    assert not out.edges and not out.units and not out.facts and not out.rejected and not out.pending
