@@ -109,7 +109,7 @@ def end_offsets(settings: Settings, partitions: list[TopicPartition], timeout: f
 
 
 def committed(settings: Settings, group: str, partitions: list[TopicPartition], timeout: float = 5.0) -> dict[tuple[str, int], int]:
-    """The group's committed offset of each partition; -1 where it has committed none."""
+    """The group's committed offset of each partition; negative where it has committed none."""
     if not partitions:
         return {}
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
@@ -148,26 +148,20 @@ def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0,
 
 def lags(settings: Settings, groups: dict[str, list[str]], timeout: float = 5.0,
          handled: dict[str, dict[str, dict[int, int]]] | None = None) -> dict[str, dict[str, int]]:
-    """lag() for several groups, reading each partition's end once."""
-    committed: dict[str, list[TopicPartition]] = {}
-    partitions: dict[tuple[str, int], TopicPartition] = {}
-    for group, topics in groups.items():
-        consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
-        try:
-            metadata = consumer.list_topics(timeout=timeout)
-            tps = [TopicPartition(t, p) for t in topics if t in metadata.topics for p in metadata.topics[t].partitions]
-            committed[group] = consumer.committed(tps, timeout=timeout) if tps else []
-        finally:
-            consumer.close()
-        partitions.update({(tp.topic, tp.partition): tp for tp in tps})
+    """lag() for several groups, reading the topic metadata and each partition's end once."""
+    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=timeout)
+    partitions = {(t, p): TopicPartition(t, p) for topics in groups.values()
+                  for t in topics if t in metadata.topics for p in metadata.topics[t].partitions}
+    done = {group: committed(settings, group, [tp for (t, _), tp in partitions.items() if t in topics], timeout)
+            for group, topics in groups.items()}
     ends = end_offsets(settings, list(partitions.values()), timeout) if partitions else {}
     out = {}
     for group, topics in groups.items():
         done_elsewhere = (handled or {}).get(group, {})
         out[group] = {t: 0 for t in topics}
-        for tp in committed[group]:
-            done = max(tp.offset, done_elsewhere.get(tp.topic, {}).get(tp.partition, 0), 0)
-            out[group][tp.topic] += max(ends[(tp.topic, tp.partition)] - done, 0)
+        for (topic, partition), offset in done[group].items():
+            offset = max(offset, done_elsewhere.get(topic, {}).get(partition, 0), 0)
+            out[group][topic] += max(ends[(topic, partition)] - offset, 0)
     return out
 
 

@@ -119,7 +119,7 @@ async def handle_in_order(message) -> None:
     partition, epoch = message.partition, progress.epoch
     verdict = progress.check(partition, message.offset)
     if verdict is Verdict.UNKNOWN:
-        progress.start(partition, await committed_offset(partition))
+        progress.start(partition, (await committed_offsets([partition]))[partition])
         verdict = progress.check(partition, message.offset)
     if verdict is Verdict.DUPLICATE:
         return
@@ -135,15 +135,14 @@ async def handle_in_order(message) -> None:
     last_handled_at[partition] = time.monotonic()
 
 
-async def committed_offset(partition: int) -> int:
-    """Where the group resumes `partition`; waits out a broker that is away, as the consumer itself does."""
-    tp = TopicPartition(settings.topic_capture, partition)
+async def committed_offsets(partitions: list[int]) -> dict[int, int]:
+    """Where the group resumes these capture partitions; waits out a broker that is away, as the consumer does."""
+    tps = [TopicPartition(settings.topic_capture, p) for p in partitions]
     async for attempt in AsyncRetrying(retry=retry_if_exception_type(KafkaException), wait=wait_exponential(max=5),
                                        before_sleep=before_sleep_log(log, logging.WARNING)):
         with attempt:
-            offsets = await asyncio.get_running_loop().run_in_executor(
-                None, kafka.committed, settings, settings.app_id, [tp])
-    return offsets[(tp.topic, tp.partition)]
+            offsets = await asyncio.get_running_loop().run_in_executor(None, kafka.committed, settings, settings.app_id, tps)
+    return {partition: offset for (_, partition), offset in offsets.items()}
 
 
 async def handle_skipped(partition: int, start: int, end: int, epoch: int) -> None:
@@ -233,9 +232,9 @@ async def _behind_partitions() -> list[int]:
             and now - last_handled_at.get(tp.partition, progress.assigned_at) >= settings.worker_stall_check_s]
     if not idle:
         return []
-    for partition in idle:
-        if partition not in progress.next_offset:
-            progress.start(partition, await committed_offset(partition))
+    unknown = [p for p in idle if p not in progress.next_offset]
+    for partition, offset in (await committed_offsets(unknown) if unknown else {}).items():
+        progress.start(partition, offset)
     ends = await asyncio.get_running_loop().run_in_executor(
         None, kafka.end_offsets, settings, [TopicPartition(settings.topic_capture, p) for p in idle])
     return sorted(progress.behind({p: ends[(settings.topic_capture, p)] for p in idle}))
