@@ -12,7 +12,9 @@ is queryable in ClickHouse. In the same run, on the same machine:
 * derive only: the stream's pure logic (decode, validate, join, edges) in one
   process with no Kafka: the ceiling for one worker;
 * bare insert: rows/s of the same edges straight into embedded ClickHouse;
-* worker RSS after the run (and after --rss-events if given);
+* worker RSS after the run; with --rss-events, a long run on one worker that
+  streams the plant in segments of --rss-step events (a feed far larger than
+  memory) and reads the worker's RSS after each: retention must keep it flat;
 * freshness: a paced feed at --freshness-rate events/s with live timestamps;
   per edge, inserted_at - event_time in ClickHouse, p50/p99, split into explicit
   and containment edges (pipeline latency) and temporal edges (which also wait
@@ -56,6 +58,46 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def rss_curve(workdir: Path, total: int, step: int, lines: int) -> list[dict]:
+    """One worker fed a long plant segment by segment; its RSS (and the broker's) once each segment is in ClickHouse.
+    The next segment is generated while the current one drains."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    serde = schemas.local_serde()
+    seg_units = max(2_000, round(step / EVENTS_PER_UNIT / lines / 2_000) * 2_000)
+
+    def segment(k: int) -> tuple[int, list[tuple[bytes, bytes]]]:
+        batches = Plant(units=seg_units, first_unit=k * seg_units, lot_size=5_000, lines=lines, batch_size=500).generate().batches()
+        return sum(len(b["events"]) for b in batches), [(b["source"].encode(), serde.encode(schemas.CAPTURE, b)) for b in batches]
+
+    stack = stack_for(workdir, 1, idle_flush_s=1.0)
+    curve, events, t0 = [], 0, time.time()
+    try:
+        publisher = Publisher(stack.settings)
+        client = ServiceClient(stack.settings.service_url)
+        worker = next(p for name, p in stack.procs.items() if name.startswith("worker"))
+        with ThreadPoolExecutor(1) as pool:
+            upcoming = pool.submit(segment, 0)
+            k = 0
+            while events < total:
+                n, encoded = upcoming.result()
+                k += 1
+                upcoming = pool.submit(segment, k) if events + n < total else None
+                for key, value in encoded:
+                    publisher.send_raw(key, value)
+                publisher.flush()
+                del encoded
+                _, st = drained(client)
+                events += n
+                curve.append({"events": events, "seconds": round(time.time() - t0), "edges": st["counts"]["edges"],
+                              "worker_rss_mb": round(rss_mb(worker.pid), 1),
+                              "broker_rss_mb": round(rss_mb(stack.procs["broker"].pid), 1) if "broker" in stack.procs else None})
+                print(json.dumps(curve[-1]), flush=True)
+    finally:
+        stack.stop()
+    return curve
 
 
 def stack_for(workdir: Path, workers: int, **kw) -> Stack:
@@ -218,6 +260,17 @@ def report(results: dict) -> str:
                   f"| raw confluent-kafka consume + Avro decode | {results['end_to_end'][0].get('raw_consume_events_per_s') or 0:,} events/s |",
                   f"| stream logic alone (decode, validate, join, encode), one process | {peers['derive_events_per_s']:,} events/s |",
                   f"| bare ClickHouse insert of the derived edges (chdb) | {peers['bare_insert_edges_per_s']:,} edges/s |"]
+    if results.get("rss"):
+        first, last = results["rss"][0], results["rss"][-1]
+        lines += ["", "Worker memory over a long feed, one worker, the plant streamed in segments "
+                  "(each drained into ClickHouse before the RSS is read):", "",
+                  "| capture events handled | edges | seconds | events/s so far | worker RSS MB | broker RSS MB |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for r in results["rss"]:
+            lines.append(f"| {r['events']:,} | {r['edges']:,} | {r['seconds']} | {r['events'] / max(r['seconds'], 1):,.0f} | "
+                         f"{r['worker_rss_mb']} | {r['broker_rss_mb']} |")
+        lines += ["", f"Worker RSS x{last['worker_rss_mb'] / first['worker_rss_mb']:.2f} from "
+                      f"{first['events']:,} to {last['events']:,} events."]
     if results.get("freshness"):
         lines += ["", "Freshness, one worker, a live paced feed (event time to queryable in ClickHouse):", "",
                   "| offered events/s | seconds | edges | count | p50 ms | p99 ms |", "|---:|---:|---|---:|---:|---:|"]
@@ -238,6 +291,8 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=6, help="plant lines: 4 stations each, spread over partitions")
     ap.add_argument("--freshness-rate", type=int, nargs="+", default=[10_000])
     ap.add_argument("--freshness-seconds", type=int, default=60, help="0 skips the freshness run")
+    ap.add_argument("--rss-events", type=int, default=0, help="a long one-worker run of this many events for the RSS curve")
+    ap.add_argument("--rss-step", type=int, default=1_000_000, help="events per segment of the --rss-events run")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="genealogy-throughput-"))
@@ -260,13 +315,16 @@ def main() -> None:
             print(f"end to end with {w} worker(s) ...", flush=True)
             results["end_to_end"].append(end_to_end(workdir, w, encoded, n_events))
             print(json.dumps(results["end_to_end"][-1]), flush=True)
+    if args.rss_events:
+        print(f"worker RSS over {args.rss_events:,} events, one worker ...", flush=True)
+        results["rss"] = rss_curve(workdir, args.rss_events, args.rss_step, args.lines)
     results["freshness"] = []
     for rate in args.freshness_rate if args.freshness_seconds else []:
         print(f"freshness at {rate:,} events/s for {args.freshness_seconds} s ...", flush=True)
         results["freshness"].append(freshness(workdir, rate, args.freshness_seconds))
         print(json.dumps(results["freshness"][-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "throughput" if results["end_to_end"] else "freshness"
+    name = "throughput" if results["end_to_end"] else "rss" if results.get("rss") else "freshness"
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))
     text = report(results)
     (args.out / f"{name}.md").write_text(text)

@@ -144,6 +144,9 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
         table.add_row(f"lag {name}", json.dumps(lags))
     for name, state in body.get("groups", {}).items():
         table.add_row(f"group {name}", state)
+    repairs = body.get("consumer_repairs", {})
+    table.add_row("stream consumer repairs", f"{repairs.get('read_back', 0):,} skipped messages read back, "
+                  f"{repairs.get('redelivered', 0):,} redeliveries handled once (live workers, since start)")
     for name, value in body["counts"].items():
         table.add_row(name, f"{value:,}")
     for d in body["dead_letters"]:

@@ -76,17 +76,24 @@ def workers_ready(settings: Settings) -> list[str]:
     return sorted(p.stem for p in run.glob("worker-*.ready")) if run.exists() else []
 
 
-def handled_offsets(settings: Settings) -> dict[int, int]:
-    """Capture partition -> offset after the last message a live worker handled (from its ready file)."""
-    out: dict[int, int] = {}
+def worker_reports(settings: Settings) -> list[dict]:
+    """What each live worker last wrote to its ready file (streams.app): handled offsets and read-back counts."""
+    reports = []
     run = settings.data_dir / "run"
     for path in run.glob("worker-*.ready") if run.exists() else []:
         try:
             os.kill(int(path.stem.split("-", 1)[1]), 0)
-            handled = json.loads(path.read_text())["handled"]
-        except (OSError, ValueError, KeyError):  # a dead worker or a file being replaced
+            reports.append(json.loads(path.read_text()))
+        except (OSError, ValueError):  # a dead worker or a file being replaced
             continue
-        for partition, offset in handled.items():
+    return reports
+
+
+def handled_offsets(reports: list[dict]) -> dict[int, int]:
+    """Capture partition -> offset after the last message a live worker handled."""
+    out: dict[int, int] = {}
+    for report in reports:
+        for partition, offset in report.get("handled", {}).items():
             out[int(partition)] = max(out.get(int(partition), 0), int(offset))
     return out
 
@@ -125,10 +132,13 @@ class Service:
         out = {"counts": self.store.counts(), "dead_letters": self.store.dead_letter_summary(),
                "workers_ready": workers_ready(s), "uptime_s": round(time.time() - self.started, 1),
                "store": "embedded chdb" if s.store_dsn.startswith("chdb://") else "clickhouse server"}
+        reports = worker_reports(s)
+        # Messages Faust's consumer skipped or delivered twice, which the workers caught (streams.progress).
+        out["consumer_repairs"] = {k: sum(r.get(k, 0) for r in reports) for k in ("read_back", "redelivered")}
         try:
             lags = kafka.lags(s, {s.app_id: [s.topic_capture],
                                   s.sink_group: [s.topic_edges, s.topic_dead_letters, s.topic_capture]},
-                              handled={s.app_id: {s.topic_capture: handled_offsets(s)}})
+                              handled={s.app_id: {s.topic_capture: handled_offsets(reports)}})
             states = kafka.group_states(s, [s.app_id, s.sink_group])
             out["lag"] = {"stream": lags[s.app_id], "sink": lags[s.sink_group]}
             out["groups"] = {"stream": states[s.app_id], "sink": states[s.sink_group]}

@@ -9,6 +9,9 @@ The line:
              is where the brief's faulty supplier batch sits for `faulty_units` units
     PACK-1   products into cartons, cartons onto pallets, pallets onto shipments
 
+`first_unit` continues the same plant from that unit on (a later segment of a long
+feed: identifiers, times, lots and loaded materials carry on as if one plant had
+made all the units), so a bench can stream a feed far larger than memory.
 `lines` copies the line (stations SMT-2, ASSY-2, ...; identifiers prefixed
 L2-, ...), which spreads a feed over more stations and so more partitions.
 Production lots of `lot_size` units; operators by shift; periodic machine
@@ -52,6 +55,7 @@ class Plant:
     pallets_per_shipment: int = 5
     reel_size: int = 700
     lines: int = 1
+    first_unit: int = 0
     base_ms: int = BASE_MS
     cycle_ms: int = CYCLE_MS
     events: dict[str, list[tuple[str, dict]]] = field(default_factory=lambda: defaultdict(list))
@@ -68,8 +72,10 @@ class Plant:
         self.events[station].append((f"genealogy.{kind}", {"station": station, **body}))
 
     def generate(self) -> "Plant":
-        rng = random.Random(self.seed)
-        seq = iter(range(1, 10**9))
+        first, end = self.first_unit, self.first_unit + self.units
+        rng = random.Random(self.seed + first)
+        # A unit makes fewer than 40 events on a line: later segments' ids start past earlier ones'.
+        seq = iter(range(first * self.lines * 40 + 1, 10**10))
 
         def eid(prefix: str) -> str:
             return f"{prefix}-{next(seq):09d}"
@@ -82,7 +88,7 @@ class Plant:
             tag = "" if ln == 1 else f"L{ln}-"
             # Coating lots come from a batch process before the line starts.
             coat_lots = []
-            for n in range(1, max(2, self.units // 2000 + 2)):
+            for n in range(first // 2000 + 1, max(first // 2000 + 2, end // 2000 + 2)):
                 t = self.base_ms - 3_600_000 + n * 60_000
                 coat = f"{tag}CT-{n:04d}"
                 coat_lots.append(coat)
@@ -93,7 +99,7 @@ class Plant:
                            work_order=f"{tag}WO-COAT-{n:04d}", operator=operator(t))
 
             # Capacitor batches at ASSY-1: the faulty one feeds exactly `faulty_units` consecutive units.
-            faulty_start = min(self.units // 3, max(0, self.units - self.faulty_units))
+            faulty_start = min(self.units // 3, max(0, self.units - self.faulty_units)) if not first else -1
             cap_changes = {0: f"{tag}SUP-CAP-0011", faulty_start: f"{tag}{FAULTY_LOT}", faulty_start + self.faulty_units: f"{tag}SUP-CAP-0014"}
 
             def change(station: str, slot: str, item: str, new: str, t: int, loaded: dict[str, str]) -> None:
@@ -107,6 +113,11 @@ class Plant:
 
             smt_loaded: dict[str, str] = {}
             assy_loaded: dict[str, str] = {}
+            if first:  # what the units before this segment left loaded
+                for k, part in enumerate(SMT_PARTS):
+                    smt_loaded[f"S{k + 1}"] = f"{tag}SUP-{part}-{(first - 1 + 97 * k) // self.reel_size + 1:04d}"
+                assy_loaded.update(C1=f"{tag}SUP-CAP-0014", SCR=f"{tag}SCR-{(first - 1) // 1000 + 1:04d}",
+                                   HSG=f"{tag}HSG-{(first - 1) // 1000 + 1:04d}", COAT=f"{tag}CT-{(first - 1) // 2000 + 1:04d}")
             packed: list[str] = []
             cartons: list[str] = []
             pallets: list[str] = []
@@ -115,26 +126,26 @@ class Plant:
             def pack(t: int, force: bool = False) -> None:
                 if packed and (len(packed) >= self.carton_size or force):
                     counters["carton"] += 1
-                    carton = f"{tag}CTN-{counters['carton']:06d}"
+                    carton = f"{tag}CTN-{first + counters['carton']:06d}"
                     self._emit(f"PACK-{ln}", "Packed", event_id=eid("pk"), event_ms=t, container=ref("container", "carton", carton),
                                contents=[ref("serial", PRODUCT, s) for s in packed], operator=operator(t))
                     cartons.append(carton)
                     packed.clear()
                 if cartons and (len(cartons) >= self.cartons_per_pallet or force):
                     counters["pallet"] += 1
-                    pallet = f"{tag}PAL-{counters['pallet']:05d}"
+                    pallet = f"{tag}PAL-{first + counters['pallet']:05d}"
                     self._emit(f"PACK-{ln}", "Packed", event_id=eid("pk"), event_ms=t + 1, container=ref("container", "pallet", pallet),
                                contents=[ref("container", "carton", c) for c in cartons], operator=operator(t))
                     pallets.append(pallet)
                     cartons.clear()
                 if pallets and (len(pallets) >= self.pallets_per_shipment or force):
                     counters["shipment"] += 1
-                    shipment = f"{tag}SHP-{counters['shipment']:05d}"
+                    shipment = f"{tag}SHP-{first + counters['shipment']:05d}"
                     self._emit(f"PACK-{ln}", "Packed", event_id=eid("pk"), event_ms=t + 2, container=ref("shipment", "shipment", shipment),
                                contents=[ref("container", "pallet", p) for p in pallets], operator=operator(t))
                     pallets.clear()
 
-            for i in range(self.units):
+            for i in range(first, end):
                 t = self.base_ms + i * self.cycle_ms
                 lot_no = i // self.lot_size + 1
                 # SMT: reel changes, then the board completes.
@@ -152,7 +163,7 @@ class Plant:
                     change(f"ASSY-{ln}", "SCR", "SCR-M3", f"{tag}SCR-{i // 1000 + 1:04d}", ta, assy_loaded)
                     change(f"ASSY-{ln}", "HSG", "HSG-200", f"{tag}HSG-{i // 1000 + 1:04d}", ta, assy_loaded)
                 if i % 2000 == 0:
-                    change(f"ASSY-{ln}", "COAT", "COAT-X", coat_lots[min(i // 2000, len(coat_lots) - 1)], ta, assy_loaded)
+                    change(f"ASSY-{ln}", "COAT", "COAT-X", coat_lots[min(i // 2000 - first // 2000, len(coat_lots) - 1)], ta, assy_loaded)
                 product = f"{tag}P{i + 1:08d}"
                 self._emit(f"ASSY-{ln}", "ComponentInstalled", event_id=eid("ins"), event_ms=ta + 500, unit=ref("serial", PRODUCT, product),
                            component=ref("serial", BOARD, board), quantity=1.0, operator=operator(ta))
@@ -170,7 +181,7 @@ class Plant:
                 if i % 50 == 49:
                     for station in (f"SMT-{ln}", f"ASSY-{ln}"):
                         self._emit(station, "StationHeartbeat", event_id=eid("hb"), event_ms=t + 1_999)
-            pack(self.base_ms + self.units * self.cycle_ms + 120_000, force=True)
+            pack(self.base_ms + end * self.cycle_ms + 120_000, force=True)
         self._add_bad_events(rng, eid)
         return self
 

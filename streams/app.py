@@ -158,7 +158,7 @@ async def handle_skipped(partition: int, start: int, end: int, epoch: int) -> No
                               m.headers(), m.key(), m.value(), None, tp=TP(m.topic(), m.partition()),
                               generation_id=app.consumer_generation_id)
             await handle(message)
-            progress.handled(partition, m.offset(), epoch)
+            progress.handled(partition, m.offset(), epoch, read_back=True)
             # Faust never saw these, so never acked them: its commit would stall in front of them.
             app.consumer.ack(message)
     last_handled_at[partition] = time.monotonic()
@@ -256,7 +256,8 @@ def _write_ready_file() -> None:
     path = _ready_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"ready_at": time.time(), "handled": progress.next_offset}))
+    tmp.write_text(json.dumps({"ready_at": time.time(), "handled": progress.next_offset,
+                               "read_back": progress.read_back, "redelivered": progress.redelivered}))
     tmp.replace(path)
 
 

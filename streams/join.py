@@ -23,8 +23,10 @@ tests) as small JSON-able pieces: one meta record per station, one record per
 slot (its materials' histories), and a fixed ring of buckets of pending
 completions (100 ms of event time each, wrapping around). After each batch only
 the pieces that changed are written back, so the changelog traffic per batch
-stays small however busy the station is. Pieces are overwritten, never deleted:
-the key space is bounded (slots + ring per station) and the changelog has no
+stays small however busy the station is; a piece emptied by the batch is not
+written at all, since the meta record no longer lists it, so completions resolved
+within their own batch cost no write. Pieces are overwritten, never deleted: the
+key space is bounded (slots + ring per station) and the changelog has no
 tombstones. The meta record is written last; a piece it does not list is
 ignored, so a crash between writes leaves a state that the replayed batch
 rebuilds. History older than ``watermark - retention`` is folded to what is
@@ -125,10 +127,12 @@ class StationJoin:
         by_slot: dict[str, dict] = {}
         for key, history in materials.items():
             by_slot.setdefault(_slot_of(key), {})[key] = history
-        for slot in {_slot_of(k) for k in self._dirty_materials}:
-            table[_slot_key(station, slot)] = by_slot.get(slot, {})
-        for bucket in self._dirty_buckets:
-            table[_bucket_key(station, bucket)] = pending.get(bucket, [])
+        # An emptied piece is not written: the meta record stops listing it, and load reads only listed
+        # pieces. Most completions are added and resolved within one batch; they cost no write at all.
+        for slot in {_slot_of(k) for k in self._dirty_materials} & by_slot.keys():
+            table[_slot_key(station, slot)] = by_slot[slot]
+        for bucket in self._dirty_buckets & pending.keys():
+            table[_bucket_key(station, bucket)] = pending[bucket]
         table[station] = {"max_ms": self.state["max_ms"], "horizon": self.state["horizon"],
                           "slots": sorted(by_slot), "buckets": sorted(pending)}
         self._dirty_materials.clear()

@@ -35,6 +35,9 @@ class Progress:
     next_offset: dict[int, int] = field(default_factory=dict)
     epoch: int = 0
     assigned_at: float = 0.0
+    # Since the worker started, for `genealogy status`: how often Faust's consumer misbehaved.
+    read_back: int = 0      # messages it skipped, which the worker read from the topic itself
+    redelivered: int = 0    # messages it delivered again within one assignment, handled once only
 
     def reassigned(self, at: float) -> None:
         """Partitions may have moved: what was handled before says nothing about what comes next."""
@@ -51,13 +54,15 @@ class Progress:
         if expected is None:
             return Verdict.UNKNOWN
         if offset < expected:
+            self.redelivered += 1
             return Verdict.DUPLICATE
         return Verdict.GAP if offset > expected else Verdict.HANDLE
 
-    def handled(self, partition: int, offset: int, epoch: int) -> None:
+    def handled(self, partition: int, offset: int, epoch: int, read_back: bool = False) -> None:
         """Record a handled message, unless the partitions were reassigned while it was handled."""
         if epoch == self.epoch and offset >= self.next_offset.get(partition, 0):
             self.next_offset[partition] = offset + 1
+        self.read_back += read_back
 
     def behind(self, ends: dict[int, int]) -> dict[int, tuple[int, int]]:
         """Partitions whose end is past what was handled: partition -> (first missing, end)."""

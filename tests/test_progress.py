@@ -21,7 +21,7 @@ def run(progress: Progress, partition: int, delivered: list[int]) -> list[int]:
         if verdict is Verdict.GAP:
             for skipped in range(progress.next_offset[partition], offset):
                 handled.append(skipped)
-                progress.handled(partition, skipped, progress.epoch)
+                progress.handled(partition, skipped, progress.epoch, read_back=True)
         handled.append(offset)
         progress.handled(partition, offset, progress.epoch)
     return handled
@@ -81,6 +81,12 @@ def test_every_offset_handled_once_in_order_whatever_is_delivered(committed, end
     handled = run(p, 0, delivered)
     expected = list(range(committed, max(delivered) + 1)) if delivered else []
     assert handled == expected
+    # The counters `genealogy status` shows: every skipped offset read back, every repeat noticed.
+    # An offset is read back when a later one arrives first; every other delivery of it is a repeat.
+    first = {o: delivered.index(o) if o in delivered else len(delivered) for o in expected}
+    read_back = sum(any(later > o for later in delivered[:first[o]]) for o in expected)
+    assert p.read_back == read_back
+    assert p.redelivered == len(delivered) - (len(expected) - read_back)
     # What the stall check reads back: the rest up to the partition's end.
     assert p.behind({0: end}) == ({0: (p.next_offset[0], end)} if p.next_offset[0] < end else {})
 
