@@ -135,7 +135,11 @@ def cli(stack, *args):
 def test_cli_status_recall_trace_and_sql(stack):
     status = cli(stack, "status", "--json")
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["counts"]["edges"] > 0
+    body = json.loads(status.stdout)
+    assert body["counts"]["edges"] > 0
+    # What the workers' offset check repaired (streams.progress), from their ready files.
+    assert {k: type(v) for k, v in body["consumer_repairs"].items()} == {"read_back": int, "redelivered": int}
+    assert "consumer repairs" in cli(stack, "status").stdout
 
     by_bare_id = cli(stack, "recall", "--lot", "SUP-CAP-0013", "--json")
     assert by_bare_id.returncode == 0, by_bare_id.stderr
