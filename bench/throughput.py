@@ -24,6 +24,7 @@ is queryable in ClickHouse. In the same run, on the same machine:
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
@@ -37,7 +38,7 @@ import schemas
 from genealogy.settings import Settings
 from genealogy.stack import ServiceClient, Stack
 from producers.publisher import Publisher
-from producers.simulator import Plant
+from producers.simulator import BASE_MS, Plant
 from streams.derive import derive
 
 EVENTS_PER_UNIT = 3.1  # simulator's average capture events per product unit
@@ -199,17 +200,21 @@ def bare_insert(workdir: Path, edges: list[dict]) -> dict:
     return {"bare_insert_edges_per_s": round(len(rows) / elapsed)}
 
 
-def freshness(workdir: Path, rate: int, seconds: int) -> dict:
+def freshness(workdir: Path, rate: int, seconds: int, grace_ms: int) -> dict:
     """A live feed: each batch is sent when its newest event has happened."""
     lines = 3
     cycle_ms = max(1, round(1000 * lines * EVENTS_PER_UNIT / rate))
     units = int(rate * seconds / EVENTS_PER_UNIT / lines)
-    start_ms = int(time.time() * 1000) + 5_000
-    plant = Plant(units=units, lot_size=5_000, lines=lines, batch_size=50, cycle_ms=cycle_ms,
-                  base_ms=start_ms).generate()
-    batches = plant.batches()
-    stack = stack_for(workdir, 1, idle_flush_s=1.0, sink_flush_s=0.2)
+    batches = Plant(units=units, lot_size=5_000, lines=lines, batch_size=50, cycle_ms=cycle_ms).generate().batches(linger_ms=100)
+    stack = stack_for(workdir, 1, idle_flush_s=1.0, sink_flush_s=0.2, grace_ms=grace_ms)
     try:
+        # The plant's clock starts once the stack is up: every event is live, none queued while it started.
+        start_ms = int(time.time() * 1000) + 2_000
+        shift = start_ms - BASE_MS
+        for b in batches:
+            b["sent_ms"] += shift
+            for _, e in b["events"]:
+                e["event_ms"] += shift
         publisher = Publisher(stack.settings)
         serde = publisher.serde
         for b in batches:
@@ -226,10 +231,11 @@ def freshness(workdir: Path, rate: int, seconds: int) -> dict:
                    quantile(0.99)(dateDiff('millisecond', event_time, inserted_at))
             FROM edges WHERE event_time >= fromUnixTimestamp64Milli({t:Int64}) GROUP BY temporal ORDER BY temporal""",
                                           "parameters": {"t": start_ms}})
-        # The offered rate over the live part of the feed (coating lots are made before it starts).
-        live = [e for b in batches for _, e in b["events"] if e["event_ms"] >= start_ms]
-        span = (max(e["event_ms"] for e in live) - start_ms) / 1000
-        out = {"rate_events_per_s": round(len(live) / span) if span else None, "seconds": round(span)}
+        # The offered rate: the busiest 10 s of event time (the feed ramps up and down: assembly runs
+        # 30 s and packing 60 s behind the boards). Coating lots are made before the feed starts.
+        live = sorted(e["event_ms"] for b in batches for _, e in b["events"] if e["event_ms"] >= start_ms)
+        peak = max(bisect.bisect_left(live, t + 10_000) - i for i, t in enumerate(live)) / 10
+        out = {"rate_events_per_s": round(peak), "seconds": round((live[-1] - start_ms) / 1000), "grace_ms": grace_ms}
         for temporal, n, p50, p99 in body["rows"]:
             out["temporal" if temporal else "explicit"] = {"edges": n, "p50_ms": p50, "p99_ms": p99}
         return out
@@ -273,14 +279,17 @@ def report(results: dict) -> str:
                       f"{first['events']:,} to {last['events']:,} events."]
     if results.get("freshness"):
         lines += ["", "Freshness, one worker, a live paced feed (event time to queryable in ClickHouse):", "",
-                  "| offered events/s | seconds | edges | count | p50 ms | p99 ms |", "|---:|---:|---|---:|---:|---:|"]
+                  "| offered events/s (busiest 10 s) | seconds | join grace ms | edges | count | p50 ms | p99 ms |",
+                  "|---:|---:|---:|---|---:|---:|---:|"]
         for f in results["freshness"]:
             for k in ("explicit", "temporal"):
                 if k in f:
-                    lines.append(f"| {f['rate_events_per_s']:,} | {f['seconds']} | {k} | {f[k]['edges']:,} | "
+                    lines.append(f"| {f['rate_events_per_s']:,} | {f['seconds']} | {f.get('grace_ms', 10_000):,} | {k} | {f[k]['edges']:,} | "
                                  f"{f[k]['p50_ms']:,.0f} | {f[k]['p99_ms']:,.0f} |")
         lines.append("")
-        lines.append("Temporal edges wait for the station watermark (newest event time minus the 10 s grace) by design.")
+        lines.append("Temporal (consumed) edges wait for the station watermark, the newest event time minus the join's grace, "
+                     "by design: their freshness is the grace plus the pipeline's latency. Explicit edges (installed, "
+                     "packed, transformed) wait for nothing. The feed here is in order, so a short grace loses nothing.")
     return "\n".join(lines) + "\n"
 
 
@@ -291,6 +300,8 @@ def main() -> None:
     ap.add_argument("--lines", type=int, default=6, help="plant lines: 4 stations each, spread over partitions")
     ap.add_argument("--freshness-rate", type=int, nargs="+", default=[10_000])
     ap.add_argument("--freshness-seconds", type=int, default=60, help="0 skips the freshness run")
+    ap.add_argument("--freshness-grace-ms", type=int, nargs="+", default=[Settings().grace_ms],
+                    help="the join's grace period(s) for the freshness runs")
     ap.add_argument("--rss-events", type=int, default=0, help="a long one-worker run of this many events for the RSS curve")
     ap.add_argument("--rss-step", type=int, default=1_000_000, help="events per segment of the --rss-events run")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -321,8 +332,9 @@ def main() -> None:
     results["freshness"] = []
     for rate in args.freshness_rate if args.freshness_seconds else []:
         print(f"freshness at {rate:,} events/s for {args.freshness_seconds} s ...", flush=True)
-        results["freshness"].append(freshness(workdir, rate, args.freshness_seconds))
-        print(json.dumps(results["freshness"][-1]), flush=True)
+        for grace_ms in args.freshness_grace_ms:
+            results["freshness"].append(freshness(workdir, rate, args.freshness_seconds, grace_ms))
+            print(json.dumps(results["freshness"][-1]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     name = "throughput" if results["end_to_end"] else "rss" if results.get("rss") else "freshness"
     (args.out / f"{name}.json").write_text(json.dumps(results, indent=2))

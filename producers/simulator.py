@@ -215,13 +215,22 @@ class Plant:
             out[station] = keyed
         return out
 
-    def batches(self) -> list[dict]:
-        """Capture batches of all stations, interleaved by time as a plant would send them."""
+    def batches(self, linger_ms: int | None = None) -> list[dict]:
+        """Capture batches of all stations, interleaved by time as a plant would send them. A batch is
+        sent when it holds `batch_size` events or, with `linger_ms`, when its next event is that much
+        younger than its first one (a gateway that does not hold events back longer than that)."""
         batches = []
         for station, events in self.arrivals().items():
-            for n in range(0, len(events), self.batch_size):
-                chunk = events[n:n + self.batch_size]
-                batches.append({"batch_id": f"{station}-{self.seed}-{n // self.batch_size:07d}", "source": station,
+            chunks, chunk = [], []
+            for ke in events:
+                if chunk and (len(chunk) >= self.batch_size
+                              or linger_ms is not None and ke[1]["event_ms"] - chunk[0][1]["event_ms"] > linger_ms):
+                    chunks.append(chunk)
+                    chunk = []
+                chunk.append(ke)
+            chunks += [chunk] if chunk else []
+            for n, chunk in enumerate(chunks):
+                batches.append({"batch_id": f"{station}-{self.seed}-{n:07d}", "source": station,
                                 "sent_ms": max(e["event_ms"] for _, e in chunk), "events": chunk})
         batches.sort(key=lambda b: (b["sent_ms"], b["batch_id"]))
         return batches

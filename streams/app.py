@@ -199,8 +199,20 @@ async def handle(message) -> None:
 @app.timer(interval=max(settings.idle_flush_s / 2, 0.1))
 async def idle_stations():
     now = time.monotonic()
-    for station, (seen, max_ms, pending, partition) in list(activity.items()):
-        if pending and now - seen >= settings.idle_flush_s:
+    assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_capture}
+    quiet = {station: a for station, a in activity.items()
+             if a[2] and now - a[0] >= settings.idle_flush_s and a[3] in assigned}
+    if not quiet:
+        return
+    # Quiet here is not quiet at the station while its partition still holds unhandled messages (a worker
+    # catching up): flushing then would turn the station's next, in-grace events into late ones.
+    try:
+        caught_up = await _caught_up_partitions({a[3] for a in quiet.values()})
+    except KafkaException as exc:
+        log.warning("idle check skipped, partition ends unknown: %s", exc)
+        return
+    for station, (seen, max_ms, pending, partition) in quiet.items():
+        if partition in caught_up:
             flush_ms = max_ms + settings.grace_ms + 1
             batch = {"batch_id": f"idle:{station}:{flush_ms}", "source": station, "sent_ms": int(time.time() * 1000),
                      "events": [("genealogy.StationHeartbeat", {"event_id": f"idle:{station}:{flush_ms}",
@@ -224,6 +236,12 @@ async def wake_stalled_partitions():
             await capture_topic.send(key=b"", value=serde.encode(schemas.CAPTURE, wake), partition=partition)
     except KafkaException as exc:
         log.error("stall check failed, next try in %.0f s: %s", settings.worker_stall_check_s, exc)
+
+
+async def _caught_up_partitions(partitions: set[int]) -> set[int]:
+    ends = await asyncio.get_running_loop().run_in_executor(
+        None, kafka.end_offsets, settings, [TopicPartition(settings.topic_capture, p) for p in partitions])
+    return {p for p in partitions if p in progress.next_offset and progress.next_offset[p] >= ends[(settings.topic_capture, p)]}
 
 
 async def _behind_partitions() -> list[int]:

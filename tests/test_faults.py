@@ -34,15 +34,18 @@ def plant() -> Plant:
 
 
 def publish_slowly(stack, p: Plant, seconds: float) -> threading.Thread:
-    """Publish over roughly `seconds`, so faults land mid-stream."""
+    """Publish over roughly `seconds`, so faults land mid-stream. Pauses stay well below the idle flush:
+    a station quiet that long gets its pending completions resolved, and an event of its still within
+    the disorder would then be late (by design; see Settings.idle_flush_s). A 7.5 s pause did that."""
     batches = p.batches()
+    chunks = max(40, int(seconds / (stack.settings.idle_flush_s / 4)))
 
     def run():
         publisher = Publisher(stack.settings)
-        step = max(1, len(batches) // 40)
+        step = max(1, len(batches) // chunks)
         for i in range(0, len(batches), step):
             publisher.publish(batches[i:i + step])
-            time.sleep(seconds / 40)
+            time.sleep(seconds / chunks)
         publisher.send_raw(b"ASSY-1", b"\x07 not a capture batch")
         publisher.flush()
 
