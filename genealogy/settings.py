@@ -45,7 +45,9 @@ class Settings(BaseSettings):
     app_id: str = "genealogy"
     workers: int = 1
     grace_ms: int = Field(default=10_000, description="How long the join waits for out-of-order material events")
-    retention_ms: int = Field(default=6 * 3600 * 1000, description="Material history kept behind the watermark for late unit completions")
+    retention_ms: int = Field(default=6 * 3600 * 1000, description=(
+        "Material history kept behind the watermark for late unit completions. Must also cover, in event time, what a "
+        "restarted worker replays (its group's uncommitted tail), or replayed completions are dead-lettered as late"))
     idle_flush_s: float = Field(default=2.0, description="Wall-clock idle time after which a quiet station's pending completions are resolved")
     session_timeout_s: float = Field(default=10.0, description="A worker silent this long leaves the group and its partitions move")
     worker_stall_check_s: float = Field(default=5.0, description=(

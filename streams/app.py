@@ -78,6 +78,7 @@ activity: dict[str, tuple[float, int, int, int]] = {}
 # behind what was handled (faust-streaming#596, #606).
 progress = Progress()
 last_handled_at: dict[int, float] = {}
+ends_checked_at = 0.0  # when idle_stations last read the capture partitions' ends
 
 
 def dead_letter(stage: str, reason: str, message, source: str, event_id: str = "", kind: str = "",
@@ -202,10 +203,13 @@ async def idle_stations():
     assigned = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_capture}
     quiet = {station: a for station, a in activity.items()
              if a[2] and now - a[0] >= settings.idle_flush_s and a[3] in assigned}
-    if not quiet:
+    global ends_checked_at
+    if not quiet or now - ends_checked_at < settings.idle_flush_s:
         return
     # Quiet here is not quiet at the station while its partition still holds unhandled messages (a worker
-    # catching up): flushing then would turn the station's next, in-grace events into late ones.
+    # catching up): flushing then would turn the station's next, in-grace events into late ones. Reading
+    # the ends costs a broker round trip or more (~0.6 s on a busy box), so at most once per idle_flush_s.
+    ends_checked_at = now
     try:
         caught_up = await _caught_up_partitions({a[3] for a in quiet.values()})
     except KafkaException as exc:
