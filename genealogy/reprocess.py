@@ -80,7 +80,7 @@ from dataclasses import dataclass, field
 import schemas
 from genealogy.settings import Settings
 from sinks.kafka_sink import ts
-from sinks.store import EDGE_COLUMNS, UNIT_COLUMNS, Store
+from sinks.store import Store
 from streams.derive import Invalid, derive, node_of
 
 log = logging.getLogger(__name__)
@@ -265,9 +265,7 @@ def _reconcile(store: Store, serde: schemas.Serde, w: StationWork) -> tuple[int,
                 wrong.append((edge_id, child, parent))
 
         missing = [e for edge_id, e in expected.items() if edge_id not in stored_ids]
-        store.insert("edges", EDGE_COLUMNS, [
-            [e["edge_id"], e["child"], e["parent"], e["relation"], ts(e["event_ms"]), e["station"], e["operator"],
-             e["work_order"], e["parent_lot"], e["quantity"], e["source_event"]] for e in missing])
+        store.insert_derived("edges", schemas.columns(missing, "edges"))
         _delete_edges(store, wrong)
 
         units = [u for u in out.units if u["event_id"] in late_completions]
@@ -276,8 +274,7 @@ def _reconcile(store: Store, serde: schemas.Serde, w: StationWork) -> tuple[int,
             present = {r[0] for r in store.rows(STORED_UNITS_SQL, units=[u["unit"] for u in units],
                                                 ids=[u["event_id"] for u in units])}
         new_units = [u for u in units if u["event_id"] not in present]
-        store.insert("units", UNIT_COLUMNS, [[u["unit"], u["production_lot"], u["work_order"], u["station"], u["operator"],
-                                              ts(u["event_ms"]), u["event_id"]] for u in new_units])
+        store.insert_derived("units", schemas.columns(new_units, "units"))
         mark = _edge_marks(store, [station]).get(station, 0)
 
     _record(store, w, captures_seen, mark)

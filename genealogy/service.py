@@ -4,7 +4,7 @@ In embedded mode only one process may open the chdb directory, so sink and
 queries share this process. Against a ClickHouse server the same service can
 run as many replicas as wanted (``--no-sink`` for query-only replicas).
 
-    GET  /health
+    GET  /health                     {"ok": true, "sink_assigned": ...}: the sink holds its partitions
     GET  /status                     counts, dead letters, consumer lag, workers, capture spool
     GET  /recall?lot=ID|serial=ID|node=ID[&since_ms=&until_ms=]
     GET  /recall?station=S&since_ms=&until_ms=[&operator=O]      process window
@@ -146,6 +146,7 @@ class Service:
             out["lag"] = {"error": str(exc)}
         if self.sink is not None:
             out["sink"] = {"running": any(t.name == "kafka-sink" and t.is_alive() for t in self.threads),
+                           "assigned": self.sink.assigned.is_set(),
                            "flushes": self.sink.flushes, "rows": self.sink.flushed_rows,
                            "last_flush_ms": round(self.sink.last_flush_s * 1000, 1)}
         out["capture_spool"] = self.forwarder.backlog()
@@ -226,7 +227,7 @@ def make_app(service: Service) -> web.Application:
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
 
     async def health(request):
-        return web.json_response({"ok": True})
+        return web.json_response({"ok": True, "sink_assigned": service.sink is None or service.sink.assigned.is_set()})
 
     async def status(request):
         return await call(service.status)

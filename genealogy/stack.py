@@ -115,10 +115,18 @@ class Stack:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_dir / (name + '.log')}")
-            if len(list(self.run_dir.glob("worker-*.ready"))) >= self.settings.workers:
+            workers = len(list(self.run_dir.glob("worker-*.ready"))) >= self.settings.workers
+            if workers and self._sink_assigned():
                 return
             time.sleep(0.2)
-        raise StackError(f"workers not ready after {timeout:.0f} s; see {self.log_dir}")
+        raise StackError(f"workers or sink not ready after {timeout:.0f} s; see {self.log_dir}")
+
+    def _sink_assigned(self) -> bool:
+        """Ready means consuming: a feed sent before the sink held its partitions waited for it."""
+        try:
+            return ServiceClient(self.settings.service_url).get("/health")[1].get("sink_assigned", False)
+        except (urllib3.exceptions.HTTPError, ValueError):
+            return False
 
     def dead_children(self) -> list[str]:
         return [name for name, proc in self.procs.items() if proc.poll() is not None]

@@ -2,8 +2,12 @@
 
 By default the ids come from this repository (``LOCAL_IDS``): stable, no
 registry needed, and the same bytes a Confluent client would write. With a
-Schema Registry URL the schemas are registered under ``<topic>-value`` and the
-registry's ids are used instead.
+Schema Registry URL the schemas are registered under ``<topic>-<record name>``
+(TopicRecordNameStrategy: the edges topic carries two record types across an
+upgrade) and the registry's ids are used instead.
+
+The stream writes what it derived as ``DERIVED`` (columns); ``EDGES``, the same
+content row by row, is what earlier workers wrote, and the sink still reads it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -19,11 +24,13 @@ import fastavro
 CAPTURE = "genealogy.CaptureBatch"
 EDGES = "genealogy.EdgeBatch"
 DEAD_LETTER = "genealogy.DeadLetter"
+DERIVED = "genealogy.DerivedColumns"
 
-_FILES = {CAPTURE: "capture_batch.avsc", EDGES: "edge_batch.avsc", DEAD_LETTER: "dead_letter.avsc"}
+_FILES = {CAPTURE: "capture_batch.avsc", EDGES: "edge_batch.avsc", DEAD_LETTER: "dead_letter.avsc",
+          DERIVED: "derived_columns.avsc"}
 # Fixed ids for the repository's own registry. Never reuse or renumber an id:
 # a new version of a schema gets a new id, so old messages stay readable.
-LOCAL_IDS = {CAPTURE: 1, EDGES: 2, DEAD_LETTER: 3}
+LOCAL_IDS = {CAPTURE: 1, EDGES: 2, DEAD_LETTER: 3, DERIVED: 4}
 
 _HEADER = struct.Struct(">bI")
 
@@ -54,7 +61,8 @@ class Serde:
         fastavro.schemaless_writer(buf, self._schemas[name], record)
         return buf.getvalue()
 
-    def decode(self, data: bytes, expect: str | None = None) -> tuple[str, dict]:
+    def decode(self, data: bytes, expect: str | tuple[str, ...] | None = None) -> tuple[str, dict]:
+        """(schema name, record); ``expect``: the schema, or schemas, the message must have."""
         if data is None or len(data) < _HEADER.size:
             raise DecodeError(f"message of {0 if data is None else len(data)} bytes is shorter than the 5-byte Confluent header")
         magic, schema_id = _HEADER.unpack_from(data)
@@ -63,8 +71,9 @@ class Serde:
         name = self._by_id.get(schema_id)
         if name is None:
             raise DecodeError(f"unknown schema id {schema_id}")
-        if expect is not None and name != expect:
-            raise DecodeError(f"schema id {schema_id} is {name}, expected {expect}")
+        expected = (expect,) if isinstance(expect, str) else expect
+        if expected is not None and name not in expected:
+            raise DecodeError(f"schema id {schema_id} is {name}, expected {' or '.join(expected)}")
         try:
             record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size:]), self._schemas[name], return_record_name=True)
         except Exception as exc:  # fastavro raises several types for truncated or corrupt bodies
@@ -72,22 +81,45 @@ class Serde:
         return name, record
 
 
+def _column_names() -> dict[str, tuple[str, ...]]:
+    schema = json.loads(schema_text(DERIVED))
+    return {f["name"]: tuple(c["name"] for c in f["type"]["fields"]) for f in schema["fields"] if f["name"] != "batch_id"}
+
+
+# Group (edges, units, facts) -> its columns, in schema order.
+COLUMNS = _column_names()
+
+
+def columns(rows: Sequence[Mapping], group: str) -> dict[str, list]:
+    """Rows (dicts with the group's fields) as one list per column, for a DERIVED message."""
+    return {name: [row[name] for row in rows] for name in COLUMNS[group]}
+
+
+def column_lengths(record: Mapping, group: str) -> int:
+    """Rows in one group of a decoded DERIVED message; a group whose columns differ in length is corrupt."""
+    lengths = {len(record[group][name]) for name in COLUMNS[group]}
+    if len(lengths) != 1:
+        raise DecodeError(f"{DERIVED} {group}: columns of different lengths {sorted(lengths)}")
+    return lengths.pop()
+
+
 def local_serde() -> Serde:
     return Serde(LOCAL_IDS)
 
 
 def registry_serde(url: str, topics: dict[str, str]) -> Serde:
-    """Register each schema under ``<topic>-value`` in a Confluent Schema Registry and use its ids."""
+    """Register each schema under ``<topic>-<record name>`` in a Confluent Schema Registry and use its ids."""
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
     client = SchemaRegistryClient({"url": url})
-    ids = {name: client.register_schema(f"{topic}-value", Schema(schema_text(name), "AVRO")) for name, topic in topics.items()}
+    ids = {name: client.register_schema(f"{topic}-{name}", Schema(schema_text(name), "AVRO")) for name, topic in topics.items()}
     return Serde(ids)
 
 
 def serde_for(settings: Any) -> Serde:
     if settings.schema_registry_url:
         return registry_serde(settings.schema_registry_url, {
-            CAPTURE: settings.topic_capture, EDGES: settings.topic_edges, DEAD_LETTER: settings.topic_dead_letters,
+            CAPTURE: settings.topic_capture, EDGES: settings.topic_edges, DERIVED: settings.topic_edges,
+            DEAD_LETTER: settings.topic_dead_letters,
         })
     return local_serde()

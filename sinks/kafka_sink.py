@@ -3,6 +3,10 @@
 A crash between insert and commit redelivers the batch; rows carry
 deterministic ids, so the store's dedup makes that invisible to answers.
 A message the sink cannot decode becomes a dead-letter row, never a stop.
+
+What the stream derived arrives as columns (schemas.DERIVED) and goes into
+ClickHouse as columns: at serial volume the sink handles a few edges per
+capture event, and per-row Python objects made it the busiest process.
 """
 
 from __future__ import annotations
@@ -17,12 +21,12 @@ from confluent_kafka import Consumer, KafkaError, Message
 
 import schemas
 from genealogy.settings import Settings
-from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, EDGE_COLUMNS, FACT_COLUMNS, UNIT_COLUMNS, Store
+from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, MAX_MS, Store
 
 log = logging.getLogger(__name__)
 
-
-MAX_MS = 7_258_118_400_000  # 2200-01-01; beyond DateTime64's comfortable range
+# Table <- group of a DERIVED message.
+DERIVED_TABLES = {"units": "units", "edges": "edges", "facts": "station_facts"}
 
 
 def ts(ms: int) -> datetime:
@@ -31,17 +35,31 @@ def ts(ms: int) -> datetime:
 
 
 class Rows:
-    """Rows accumulated for the next flush, one list per table."""
+    """What the next flush inserts: derived groups as columns, capture and dead letters as rows."""
 
     def __init__(self) -> None:
-        self.edges: list[list] = []
-        self.units: list[list] = []
-        self.facts: list[list] = []
+        self.derived = {group: {name: [] for name in schemas.COLUMNS[group]} for group in DERIVED_TABLES}
+        self.derived_rows = 0
         self.capture: list[list] = []
         self.dead: list[list] = []
 
+    def add_derived(self, record: dict) -> None:
+        """One decoded DERIVED record; checked whole before anything is added, so a corrupt one adds nothing."""
+        counts = {group: schemas.column_lengths(record, group) for group in DERIVED_TABLES}
+        for group, columns in self.derived.items():
+            for name, column in columns.items():
+                column.extend(record[group][name])
+        self.derived_rows += sum(counts.values())
+
     def __len__(self) -> int:
-        return len(self.edges) + len(self.units) + len(self.facts) + len(self.capture) + len(self.dead)
+        return self.derived_rows + len(self.capture) + len(self.dead)
+
+    def insert_into(self, store: Store) -> None:
+        # Parents before children in the dependency sense: units and edges are what answers read.
+        for group, table in DERIVED_TABLES.items():
+            store.insert_derived(table, self.derived[group])
+        store.insert("capture_batches", CAPTURE_COLUMNS, self.capture)
+        store.insert("dead_letters", DEAD_LETTER_COLUMNS, self.dead)
 
 
 class KafkaSink:
@@ -54,14 +72,19 @@ class KafkaSink:
             "group.id": settings.sink_group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            # As the workers: librdkafka's 45 s default made the sink join its group 23 s after it
+            # started on Tansu (the first join completes after half the session timeout there).
+            "session.timeout.ms": int(settings.session_timeout_s * 1000),
+            "heartbeat.interval.ms": int(settings.worker_heartbeat_s * 1000),
         })
+        self.assigned = threading.Event()  # set once the group has given the sink its partitions
         self.topics = [settings.topic_edges, settings.topic_dead_letters, settings.topic_capture]
         self.flushed_rows = 0
         self.flushes = 0
         self.last_flush_s = 0.0
 
     def run(self, stop: threading.Event) -> None:
-        self.consumer.subscribe(self.topics)
+        self.consumer.subscribe(self.topics, on_assign=lambda consumer, partitions: self.assigned.set())
         rows = Rows()
         last = time.monotonic()
         try:
@@ -79,12 +102,7 @@ class KafkaSink:
 
     def _flush(self, rows: Rows) -> None:
         started = time.monotonic()
-        # Parents before children in the dependency sense: units and edges are what answers read.
-        self.store.insert("units", UNIT_COLUMNS, rows.units)
-        self.store.insert("edges", EDGE_COLUMNS, rows.edges)
-        self.store.insert("station_facts", FACT_COLUMNS, rows.facts)
-        self.store.insert("capture_batches", CAPTURE_COLUMNS, rows.capture)
-        self.store.insert("dead_letters", DEAD_LETTER_COLUMNS, rows.dead)
+        rows.insert_into(self.store)
         self.consumer.commit(asynchronous=False)
         self.flushed_rows += len(rows)
         self.flushes += 1
@@ -98,14 +116,10 @@ class KafkaSink:
         topic = message.topic()
         try:
             if topic == self.settings.topic_edges:
-                _, batch = self.serde.decode(message.value(), expect=schemas.EDGES)
-                rows.edges.extend([e["edge_id"], e["child"], e["parent"], e["relation"], ts(e["event_ms"]), e["station"],
-                                   e["operator"], e["work_order"], e["parent_lot"], e["quantity"], e["source_event"]]
-                                  for e in batch["edges"])
-                rows.units.extend([u["unit"], u["production_lot"], u["work_order"], u["station"], u["operator"],
-                                   ts(u["event_ms"]), u["event_id"]] for u in batch["units"])
-                rows.facts.extend([f["event_id"], f["kind"], f["station"], ts(f["event_ms"]), f["subject"], f["detail"],
-                                   f["reason"]] for f in batch["facts"])
+                name, batch = self.serde.decode(message.value(), expect=(schemas.DERIVED, schemas.EDGES))
+                if name == schemas.EDGES:  # row by row, from a worker of an earlier version
+                    batch = {group: schemas.columns(batch[group], group) for group in DERIVED_TABLES}
+                rows.add_derived(batch)
             elif topic == self.settings.topic_dead_letters:
                 _, d = self.serde.decode(message.value(), expect=schemas.DEAD_LETTER)
                 rows.dead.append([d["dead_letter_id"], d["stage"], d["reason"], d["topic"], d["partition"], d["offset"],

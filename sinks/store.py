@@ -9,18 +9,28 @@ process answers queries and runs the sink.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 from typing import NamedTuple
 
 import clickhouse_connect
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-EDGE_COLUMNS = ["edge_id", "child", "parent", "relation", "event_time", "station", "operator", "work_order",
-                "parent_lot", "quantity", "source_event"]
-UNIT_COLUMNS = ["unit", "production_lot", "work_order", "station", "operator", "completed_at", "event_id"]
+# Table column <- column of a group of schemas.DERIVED (what the stream derived); *_ms are epoch ms.
+FROM_DERIVED = {
+    "edges": {"edge_id": "edge_id", "child": "child", "parent": "parent", "relation": "relation",
+              "event_time": "event_ms", "station": "station", "operator": "operator", "work_order": "work_order",
+              "parent_lot": "parent_lot", "quantity": "quantity", "source_event": "source_event"},
+    "units": {"unit": "unit", "production_lot": "production_lot", "work_order": "work_order", "station": "station",
+              "operator": "operator", "completed_at": "event_ms", "event_id": "event_id"},
+    "station_facts": {"event_id": "event_id", "kind": "kind", "station": "station", "event_time": "event_ms",
+                      "subject": "subject", "detail": "detail", "reason": "reason"},
+}
+EDGE_COLUMNS = list(FROM_DERIVED["edges"])
+UNIT_COLUMNS = list(FROM_DERIVED["units"])
+MAX_MS = 7_258_118_400_000  # 2200-01-01; beyond DateTime64's comfortable range
 CAPTURE_COLUMNS = ["source", "kafka_time", "topic", "partition", "offset", "payload"]
-FACT_COLUMNS = ["event_id", "kind", "station", "event_time", "subject", "detail", "reason"]
+FACT_COLUMNS = list(FROM_DERIVED["station_facts"])
 DEAD_LETTER_COLUMNS = ["dead_letter_id", "stage", "reason", "topic", "partition", "offset", "source", "event_id",
                        "event_kind", "payload", "occurred_at"]
 
@@ -334,6 +344,15 @@ class Store:
             with self._lock:
                 self.client.insert(table, rows, column_names=columns)
 
+    def insert_derived(self, table: str, columns: Mapping[str, list]) -> None:
+        """Rows of `table` given as the columns of a schemas.DERIVED group (FROM_DERIVED), inserted column by
+        column: no per-row objects, and times stay epoch ms (clickhouse-connect writes ints as DateTime64 ticks)."""
+        mapping = FROM_DERIVED[table]
+        data = [epoch_ms(columns[c]) if c.endswith("_ms") else columns[c] for c in mapping.values()]
+        if data[0]:
+            with self._lock:
+                self.client.insert(table, data, column_names=list(mapping), column_oriented=True)
+
     # --- reads ------------------------------------------------------------------
 
     def rows(self, sql: str, **parameters) -> list[tuple]:
@@ -480,6 +499,11 @@ class Store:
         with self._lock:
             result = self.client.query(sql, parameters=parameters or {}, settings={"readonly": 2})
         return list(result.column_names), result.result_rows
+
+
+def epoch_ms(values: Iterable[int]) -> list[int]:
+    """Event times for a DateTime64(3) column; impossible ones (dead-lettered upstream already) clamp to the epoch."""
+    return [v if 0 <= v < MAX_MS else 0 for v in values]
 
 
 def _strip_comments(sql: str) -> str:

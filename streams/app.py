@@ -2,7 +2,7 @@
 
     genealogy.capture (CaptureBatch, key = station)
         -> derive_edges: decode, validate, join, derive   [table station-join]
-            -> genealogy.edges        (EdgeBatch)
+            -> genealogy.edges        (DerivedColumns: edges, units, facts)
             -> genealogy.dead-letters (DeadLetter)
     idle_stations (timer): a station that went quiet gets a heartbeat so its
     pending completions resolve without waiting for its next event.
@@ -28,14 +28,12 @@ from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, w
 import schemas
 from genealogy import kafka
 from genealogy.settings import Settings
-from streams.derive import Derived, Rejected, derive
+from streams.derive import Derived, Rejected, derive, derived_messages
 from streams.progress import Progress, Verdict
 from streams.tansu import read_highwaters_from_the_log
 
 log = logging.getLogger(__name__)
 
-# ~200 bytes an edge: keeps every edges message far below the 1 MB default request size.
-EDGE_BATCH_ROWS = 2_000
 # Skipped capture messages are read back in chunks of this many, to bound memory.
 SKIPPED_READ_CHUNK = 1_000
 
@@ -94,14 +92,6 @@ def dead_letter(stage: str, reason: str, message, source: str, event_id: str = "
     })
 
 
-def edge_batches(batch_id: str, out: Derived, rows: int = EDGE_BATCH_ROWS):
-    """Derived rows in messages of bounded size: one capture batch can resolve many pending units."""
-    total = max(len(out.edges), len(out.units), len(out.facts))
-    for n, start in enumerate(range(0, total, rows)):
-        yield {"batch_id": f"{batch_id}#{n}", "edges": out.edges[start:start + rows],
-               "units": out.units[start:start + rows], "facts": out.facts[start:start + rows]}
-
-
 def single_event_batch(batch: dict, r: Rejected) -> bytes:
     """A rejected event wrapped as a one-event capture batch, so it can be replayed as it is."""
     return serde.encode(schemas.CAPTURE, {"batch_id": f"{batch['batch_id']}/{r.event.get('event_id', '')}",
@@ -113,6 +103,10 @@ def single_event_batch(batch: dict, r: Rejected) -> bytes:
 async def derive_edges(stream):
     async for event in stream.events():
         await handle_in_order(event.message)
+        # With a backlog the stream always has the next message ready and the agent never gives up the
+        # loop: the producer's sender task then sends nothing until its buffer is full, and the sink
+        # sat idle for the first 13 s of a 40 s run. One yield per capture message keeps edges flowing.
+        await asyncio.sleep(0)
 
 
 async def handle_in_order(message) -> None:
@@ -131,8 +125,7 @@ async def handle_in_order(message) -> None:
             # Progress stays in front of the gap, so the next message or the stall check retries it.
             log.error("capture[%d]: skipped messages not read back yet: %s", partition, exc)
             return
-    await handle(message)
-    progress.handled(partition, message.offset, epoch)
+    progress.handled(partition, message.offset, epoch, sends=await handle(message))
     last_handled_at[partition] = time.monotonic()
 
 
@@ -158,43 +151,43 @@ async def handle_skipped(partition: int, start: int, end: int, epoch: int) -> No
             message = Message(m.topic(), m.partition(), m.offset(), m.timestamp()[1] / 1000, m.timestamp()[0],
                               m.headers(), m.key(), m.value(), None, tp=TP(m.topic(), m.partition()),
                               generation_id=app.consumer_generation_id)
-            await handle(message)
-            progress.handled(partition, m.offset(), epoch, read_back=True)
+            progress.handled(partition, m.offset(), epoch, read_back=True, sends=await handle(message))
             # Faust never saw these, so never acked them: its commit would stall in front of them.
             app.consumer.ack(message)
     last_handled_at[partition] = time.monotonic()
 
 
-async def handle(message) -> None:
-    """One capture batch: its edges, units and facts out, or its dead letters."""
+async def handle(message) -> list:
+    """One capture batch: its edges, units and facts out, or its dead letters. Returns the sends in flight."""
     key = message.key or b""
     try:
         _, batch = serde.decode(message.value, expect=schemas.CAPTURE)
     except schemas.DecodeError as exc:
         log.warning("dead letter: %s[%d]@%d: %s", message.topic, message.partition, message.offset, exc)
-        await dead_letter_topic.send(key=key, value=dead_letter("decode", str(exc), message, key.decode(errors="replace")))
-        return
+        return [await dead_letter_topic.send(key=key, value=dead_letter("decode", str(exc), message, key.decode(errors="replace")))]
 
     try:
         out: Derived = derive(batch, station_state, settings.grace_ms, settings.retention_ms)
     except Exception as exc:  # a bug must cost one batch (kept, replayable), not the pipeline
         log.exception("dead letter: derive failed on %s[%d]@%d", message.topic, message.partition, message.offset)
-        await dead_letter_topic.send(key=key, value=dead_letter(
-            "stream", f"{type(exc).__name__}: {exc}", message, batch["source"]))
-        return
+        return [await dead_letter_topic.send(key=key, value=dead_letter(
+            "stream", f"{type(exc).__name__}: {exc}", message, batch["source"]))]
 
-    for chunk in edge_batches(batch["batch_id"], out):
-        # No wait for the ack here: Faust flushes its producer before it commits an offset,
-        # so a crash can redeliver this batch but never lose its edges.
-        await edges_topic.send(key=key, value=serde.encode(schemas.EDGES, chunk))
+    sends = []
+    for chunk in derived_messages(batch["batch_id"], out):
+        # No wait for the ack here (the ready file counts the message once it comes: streams.progress).
+        # Faust flushes its producer before it commits an offset, so a crash can redeliver this batch
+        # but never lose its edges.
+        sends.append(await edges_topic.send(key=key, value=serde.encode(schemas.DERIVED, chunk)))
     for r in out.rejected:
         event_id = r.event.get("event_id", "")
         log.info("dead letter (%s) %s %s: %s", r.stage, r.kind, event_id, r.reason)
-        await dead_letter_topic.send(key=key, value=dead_letter(
-            r.stage, r.reason, message, batch["source"], event_id, r.kind, single_event_batch(batch, r)))
+        sends.append(await dead_letter_topic.send(key=key, value=dead_letter(
+            r.stage, r.reason, message, batch["source"], event_id, r.kind, single_event_batch(batch, r))))
     now = time.monotonic()
     for station, max_ms in out.max_ms.items():
         activity[station] = (now, max_ms, out.pending.get(station, 0), message.partition)
+    return sends
 
 
 @app.timer(interval=max(settings.idle_flush_s / 2, 0.1))
@@ -278,7 +271,7 @@ def _write_ready_file() -> None:
     path = _ready_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"ready_at": time.time(), "handled": progress.next_offset,
+    tmp.write_text(json.dumps({"ready_at": time.time(), "handled": progress.delivered(),
                                "read_back": progress.read_back, "redelivered": progress.redelivered}))
     tmp.replace(path)
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 
+import schemas
 from genealogy import ids
 from streams.join import Completion, Consumption, Late, StationJoin
 
@@ -18,6 +19,9 @@ from streams.join import Completion, Consumption, Late, StationJoin
 # more than a day in the future of the processing clock.
 MIN_EVENT_MS = 946_684_800_000
 FUTURE_SLACK_MS = 24 * 3600 * 1000
+
+# ~200 bytes an edge: keeps every edges message far below the 1 MB default request size.
+EDGE_BATCH_ROWS = 2_000
 
 TEMPORAL = {"genealogy.MaterialLoaded", "genealogy.MaterialUnloaded", "genealogy.UnitCompleted", "genealogy.StationHeartbeat"}
 
@@ -65,13 +69,12 @@ def _check_common(kind: str, e: dict, source: str, now_ms: int) -> None:
         raise Invalid(f"station {e['station']!r} differs from the batch source {source!r}; station events must be keyed by their station")
 
 
-def edge(child: str, parent: str, relation: str, e: dict, *, operator: str = "", work_order: str = "",
-         parent_lot: str = "", quantity: float = 1.0, source_event: str | None = None) -> dict:
-    source_event = source_event or e["event_id"]
+def edge(child: str, parent: str, relation: str, event_ms: int, station: str, source_event: str, *, operator: str = "",
+         work_order: str = "", parent_lot: str = "", quantity: float = 1.0) -> dict:
     return {
         "edge_id": ids.edge_id(child, parent, relation, source_event),
         "child": child, "parent": parent, "relation": relation,
-        "event_ms": e["event_ms"], "station": e["station"], "operator": operator or "",
+        "event_ms": event_ms, "station": station, "operator": operator or "",
         "work_order": work_order, "parent_lot": parent_lot, "quantity": float(quantity),
         "source_event": source_event,
     }
@@ -79,9 +82,8 @@ def edge(child: str, parent: str, relation: str, e: dict, *, operator: str = "",
 
 def consumption_edge(c: Consumption, station: str) -> dict:
     comp = c.completion
-    e = {"event_ms": comp.event_ms, "station": station, "event_id": comp.event_id}
-    return edge(c.material, comp.unit, "consumed", e, operator=comp.operator, work_order=comp.work_order,
-                parent_lot=comp.production_lot, source_event=f"{comp.event_id}+{c.load_event_id}")
+    return edge(c.material, comp.unit, "consumed", comp.event_ms, station, f"{comp.event_id}+{c.load_event_id}",
+                operator=comp.operator, work_order=comp.work_order, parent_lot=comp.production_lot)
 
 
 def production_lot_node(unit: str, production_lot: str) -> str:
@@ -99,7 +101,7 @@ def stateless_edges(kind: str, e: dict) -> list[dict]:
         comp = node_of(e["component"], "component", ("serial", "lot", "class"))
         if e["quantity"] <= 0:
             raise Invalid(f"quantity {e['quantity']} must be positive")
-        return [edge(comp, unit, "installed", e, operator=op, quantity=e["quantity"])]
+        return [edge(comp, unit, "installed", e["event_ms"], e["station"], e["event_id"], operator=op, quantity=e["quantity"])]
     if kind == "genealogy.LotTransformed":
         if not e["inputs"] or not e["outputs"]:
             raise Invalid("a transformation needs at least one input and one output")
@@ -107,14 +109,14 @@ def stateless_edges(kind: str, e: dict) -> list[dict]:
         outs = [node_of(q["node"], f"outputs[{i}]", ("serial", "lot")) for i, q in enumerate(e["outputs"])]
         if any(q < 0 for _, q in ins):
             raise Invalid("input quantities must not be negative")
-        return [edge(i, o, "transformed", e, operator=op, work_order=e["work_order"], quantity=q)
-                for i, q in ins for o in outs]
+        return [edge(i, o, "transformed", e["event_ms"], e["station"], e["event_id"], operator=op,
+                     work_order=e["work_order"], quantity=q) for i, q in ins for o in outs]
     if kind == "genealogy.Packed":
         container = node_of(e["container"], "container", ("container", "shipment"))
         if not e["contents"]:
             raise Invalid("a packing event needs at least one content")
         contents = [node_of(ref, f"contents[{i}]", ("serial", "lot", "class", "container")) for i, ref in enumerate(e["contents"])]
-        return [edge(c, container, "packed", e, operator=op) for c in contents]
+        return [edge(c, container, "packed", e["event_ms"], e["station"], e["event_id"], operator=op) for c in contents]
     raise Invalid(f"unknown event kind {kind}")
 
 
@@ -188,3 +190,13 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
         if j.state["max_ms"] is not None:
             out.max_ms[station] = j.state["max_ms"]
     return out
+
+
+def derived_messages(batch_id: str, out: Derived, rows: int = EDGE_BATCH_ROWS):
+    """What was derived, as schemas.DERIVED records (columns) of bounded size: one capture batch can
+    resolve many pending units."""
+    total = max(len(out.edges), len(out.units), len(out.facts))
+    for n, start in enumerate(range(0, total, rows)):
+        yield {"batch_id": f"{batch_id}#{n}", "edges": schemas.columns(out.edges[start:start + rows], "edges"),
+               "units": schemas.columns(out.units[start:start + rows], "units"),
+               "facts": schemas.columns(out.facts[start:start + rows], "facts")}

@@ -35,13 +35,16 @@ still loaded, which bounds state by the number of slots, not by time.
 
 from __future__ import annotations
 
-from bisect import insort
+from bisect import bisect_right, insort
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 
 UNLOAD, LOAD = 0, 1  # sort rank at equal timestamps: the load wins
 PENDING_BUCKET_MS = 100
 PENDING_RING = 1024  # buckets per station; entries carry their own time, so a wrap just shares a list
+# History is folded once the horizon has moved this far (at most retention/16): folding walks every
+# slot's history, and doing it on every event cost a tenth of the worker's join time.
+FOLD_STEP_MS = 60_000
 SEP = "\x1e"
 
 
@@ -89,6 +92,13 @@ def _bucket(event_ms: int) -> int:
     return (event_ms // PENDING_BUCKET_MS) % PENDING_RING
 
 
+MIN_MS, MAX_MS = -(2**63), 2**63 - 1
+
+
+def _time(entry: list) -> int:
+    return entry[0]
+
+
 def _slot_of(material_key: str) -> str:
     return material_key.split("\x1f", 1)[0]
 
@@ -104,6 +114,12 @@ class StationJoin:
         self._dirty_materials: set[str] = set()
         self._dirty_buckets: set[int] = set()
         self._dirty_meta = False
+        # No pending completion is before _due: the ring is walked only once the watermark has passed it,
+        # and only from there.
+        self._due = min((b[0][0] for b in state["pending"].values() if b), default=None)
+        # (from_ms, until_ms, loaded): what is on the slots at any time in [from_ms, until_ms). Units
+        # complete in time order between reel changes, so most completions reuse the previous answer.
+        self._loaded: tuple[int, int, list[tuple[str, str, str]]] | None = None
 
     @classmethod
     def load(cls, table: Mapping, station: str, grace_ms: int, retention_ms: int) -> "StationJoin":
@@ -156,6 +172,7 @@ class StationJoin:
         key = f"{slot}\x1f{material}"
         insort(self.state["materials"].setdefault(key, []), [event_ms, LOAD if loaded else UNLOAD, event_id])
         self._material_ids.add(event_id)
+        self._loaded = None
         self._dirty_materials.add(key)
         self._dirty_meta = True
         wm = self.watermark
@@ -178,6 +195,7 @@ class StationJoin:
         insort(self.state["pending"].setdefault(bucket, []), [c.event_ms, c.event_id, c.unit, c.production_lot, c.work_order, c.operator])
         self._pending_ids.add(c.event_id)
         self._dirty_buckets.add(bucket)
+        self._due = c.event_ms if self._due is None else min(self._due, c.event_ms)
         self._dirty_meta = True
         return self._advance(c.event_ms)
 
@@ -192,14 +210,29 @@ class StationJoin:
         self.state["max_ms"] = event_ms
         self._dirty_meta = True
         wm = event_ms - self.grace_ms
-        pending = self.state["pending"]
         out: list[Consumption] = []
-        ready_buckets = sorted((entries[0][0], b) for b, entries in pending.items() if entries[0][0] < wm)
-        for _, bucket in ready_buckets:
+        if self._due is not None and self._due < wm:
+            out = self._resolve(wm)
+        self._fold(wm - self.retention_ms)
+        return out
+
+    def _resolve(self, wm: int) -> list[Consumption]:
+        """Answer every pending completion before the watermark, in time order."""
+        pending = self.state["pending"]
+        first, last = self._due // PENDING_BUCKET_MS, (wm - 1) // PENDING_BUCKET_MS
+        if last - first < PENDING_RING:
+            # Every pending completion is at or after _due, so the ready ones sit in the buckets of [_due, wm).
+            buckets = [b for b in (k % PENDING_RING for k in range(first, last + 1)) if b in pending]
+        else:  # the watermark moved by a whole ring: any bucket may hold ready completions
+            buckets = [b for _, b in sorted((entries[0][0], b) for b, entries in pending.items())]
+        out: list[Consumption] = []
+        for bucket in buckets:
             entries = pending[bucket]
             ready = 0
             while ready < len(entries) and entries[ready][0] < wm:
                 ready += 1
+            if not ready:
+                continue  # a later lap of the ring
             for p in entries[:ready]:
                 out.extend(self._consumed(Completion(p[1], p[0], p[2], p[3], p[4], p[5])))
                 self._pending_ids.discard(p[1])
@@ -207,28 +240,38 @@ class StationJoin:
             if not entries:
                 del pending[bucket]
             self._dirty_buckets.add(bucket)
-        self._fold(wm - self.retention_ms)
+        self._due = wm if pending else None  # a lower bound is enough: nothing before wm is left
         return out
 
     def _consumed(self, c: Completion) -> list[Consumption]:
-        out = []
+        return [Consumption(material, slot, load_event_id, c) for slot, material, load_event_id in self._loaded_at(c.event_ms)]
+
+    def _loaded_at(self, t: int) -> list[tuple[str, str, str]]:
+        """(slot, material, load event id) of every material on the station at t, sorted."""
+        cached = self._loaded
+        if cached is not None and cached[0] <= t < cached[1]:
+            return cached[2]
+        since, until, loaded = MIN_MS, MAX_MS, []
         for key, history in self.state["materials"].items():
-            last = None
-            for entry in history:
-                if entry[0] > c.event_ms:
-                    break
-                last = entry
-            if last is not None and last[1] == LOAD:
-                slot, material = key.split("\x1f", 1)
-                out.append(Consumption(material, slot, last[2], c))
-        out.sort(key=lambda x: (x.slot, x.material))
-        return out
+            i = bisect_right(history, t, key=_time)  # entries at or before t decide
+            if i < len(history):
+                until = min(until, history[i][0])
+            if i:
+                last = history[i - 1]
+                since = max(since, last[0])
+                if last[1] == LOAD:
+                    slot, material = key.split("\x1f", 1)
+                    loaded.append((slot, material, last[2]))
+        loaded.sort()
+        self._loaded = (since, until, loaded)
+        return loaded
 
     def _fold(self, horizon: int) -> None:
         old = self.state["horizon"]
-        if old is not None and horizon <= old:
+        if old is not None and horizon - old < min(FOLD_STEP_MS, self.retention_ms // 16):
             return
         self.state["horizon"] = horizon
+        self._loaded = None
         materials = self.state["materials"]
         for key in list(materials):
             history = materials[key]

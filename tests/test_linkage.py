@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 import pytest
 from rich.console import Console
 
+import schemas
 from genealogy import ids
 from genealogy.linkage import format_linkage, linkage_report
 from producers.simulator import Plant
@@ -66,11 +67,8 @@ def load_plant(store, plant: Plant, grace_ms: int = 10_000) -> tuple[int, int]:
         edges += out.edges
         units += out.units
         assert out.pending[station] == 0  # every completion of the station has its answer
-    store.insert("edges", EDGE_COLUMNS, [[e["edge_id"], e["child"], e["parent"], e["relation"], ts(e["event_ms"]), e["station"],
-                                          e["operator"], e["work_order"], e["parent_lot"], e["quantity"], e["source_event"]]
-                                         for e in edges])
-    store.insert("units", UNIT_COLUMNS, [[u["unit"], u["production_lot"], u["work_order"], u["station"], u["operator"],
-                                          ts(u["event_ms"]), u["event_id"]] for u in units])
+    store.insert_derived("edges", schemas.columns(edges, "edges"))
+    store.insert_derived("units", schemas.columns(units, "units"))
     return len(edges), len(units)
 
 

@@ -97,3 +97,51 @@ def test_the_stall_checks_wake_up_batch_derives_nothing():
 
     out = derive({"batch_id": "wake:0:1", "source": "genealogy-worker", "sent_ms": 1, "events": []}, {}, 10_000, 3_600_000)
     assert not out.edges and not out.units and not out.facts and not out.rejected and not out.pending
+
+
+class Send:
+    """A producer send in flight, acked (or failed) when the test says so."""
+
+    def __init__(self):
+        self._done, self._error = False, None
+
+    def ack(self, error: BaseException | None = None):
+        self._done, self._error = True, error
+
+    def done(self):
+        return self._done
+
+    def cancelled(self):
+        return False
+
+    def exception(self):
+        return self._error
+
+
+def test_a_message_counts_as_done_only_once_its_output_is_acked():
+    """`genealogy status` reads delivered(): a handled message whose edges are still in the producer's
+    buffer is not done (it reported a feed drained with edges still on their way)."""
+    p = Progress()
+    p.start(0, committed=10)
+    first, second, third = [Send(), Send()], [Send()], []
+    p.handled(0, 10, p.epoch, sends=first)
+    p.handled(0, 11, p.epoch, sends=second)
+    p.handled(0, 12, p.epoch, sends=third)  # nothing to send: done once those before it are
+    assert p.next_offset == {0: 13} and p.delivered() == {0: 10}
+    second[0].ack()
+    assert p.delivered() == {0: 10}  # in order: offset 10 still waits for one of its sends
+    first[0].ack()
+    first[1].ack()
+    assert p.delivered() == {0: 13}
+
+
+def test_a_failed_send_keeps_the_partition_behind():
+    p = Progress()
+    p.start(0, committed=0)
+    failed = Send()
+    p.handled(0, 0, p.epoch, sends=[failed])
+    failed.ack(error=RuntimeError("broker gone"))
+    p.handled(0, 1, p.epoch)
+    assert p.delivered() == {0: 0}
+    p.reassigned(at=2.0)  # the partition resumes from its committed offset, which redelivers it
+    assert p.delivered() == {}

@@ -21,7 +21,7 @@ from genealogy.reprocess import reprocess_late
 from genealogy.settings import Settings
 from producers.simulator import BASE_MS
 from sinks.kafka_sink import ts
-from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, EDGE_COLUMNS, UNIT_COLUMNS, Store
+from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, EDGE_COLUMNS, Store
 from streams.derive import derive
 from test_join import station_log
 
@@ -64,11 +64,8 @@ class Stream:
                               [[source, ts(B + self.offset), "genealogy.capture", 0, self.offset, payload]])
         out = derive(SERDE.decode(payload)[1], self.states, self.grace_ms, self.retention_ms, now_ms=B + 10**9)
         self.states = json.loads(json.dumps(self.states))
-        self.store.insert("edges", EDGE_COLUMNS, [
-            [e["edge_id"], e["child"], e["parent"], e["relation"], ts(e["event_ms"]), e["station"], e["operator"],
-             e["work_order"], e["parent_lot"], e["quantity"], e["source_event"]] for e in out.edges])
-        self.store.insert("units", UNIT_COLUMNS, [[u["unit"], u["production_lot"], u["work_order"], u["station"],
-                                                   u["operator"], ts(u["event_ms"]), u["event_id"]] for u in out.units])
+        self.store.insert_derived("edges", schemas.columns(out.edges, "edges"))
+        self.store.insert_derived("units", schemas.columns(out.units, "units"))
         dead = []
         for r in out.rejected:
             one = SERDE.encode(schemas.CAPTURE, {"batch_id": f"{batch['batch_id']}/{r.event['event_id']}", "source": source,
