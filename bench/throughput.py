@@ -279,6 +279,15 @@ def report(results: dict) -> str:
             ratio = r["events_per_s"] / r["raw_consume_events_per_s"] if r.get("raw_consume_events_per_s") else float("nan")
             lines.append(f"| {r['workers']} | {r['events']:,} | {r['events_per_s']:,} | {r['seconds']} | {ratio:.2f} | "
                          f"{', '.join(f'{v}' for v in r['worker_rss_mb'].values())} |")
+        lines += ["", "CPU seconds per million capture events, by process (2 cores give at most 2 CPU seconds per second; "
+                  "the service runs the sink and embedded ClickHouse):", "",
+                  "| workers | broker | service (sink + ClickHouse) | workers, all | producer | all |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        for r in results["end_to_end"]:
+            cpu = r.get("cpu_s_per_million_events", {})
+            workers = sum(v for k, v in cpu.items() if k.startswith("worker"))
+            lines.append(f"| {r['workers']} | {cpu.get('broker', 0):.1f} | {cpu.get('service', 0):.1f} | {workers:.1f} | "
+                         f"{cpu.get('producer (this process)', 0):.1f} | {sum(cpu.values()):.1f} |")
         peers = results["peers"]
         lines += ["", "| peer, same data, same machine | rate |", "|---|---:|",
                   f"| producer (confluent-kafka, idempotent) | {results['end_to_end'][0]['produce_events_per_s']:,} events/s |",

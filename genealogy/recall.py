@@ -44,6 +44,10 @@ def _traversals(graph: Graph) -> Traversals | None:
 # ~2 ms a level as an id list, what a step of a recursive query costs too; 5,000 ids cost ~25 ms
 # to ship (bench/README.md). Past this, the whole traversal runs inside the store instead.
 SHIP_MAX = 1_000
+# A lot goes into many units (one supplier reel into thousands of boards): its first level alone would
+# ship more than SHIP_MAX ids back, only for the walk to start over inside the store (10 ms of a 66 ms
+# forward recall at 100M edges). A walk from a lot runs inside the store from the start.
+WIDE_KINDS = frozenset({"lot", "class"})
 
 
 class _Backward:
@@ -108,14 +112,16 @@ def _forward(graph: Graph, starts: list[str], since_ms: int | None, until_ms: in
              lots: bool = False) -> tuple[set[str], int, dict[str, str] | None]:
     """forward(), and with lots (from a store that ran the traversal itself) unit -> production lot
     of the units reached. Level by level; a store that can run whole traversals does so once a
-    frontier would ship more than SHIP_MAX ids (it started over from the starts: same answer)."""
+    frontier would ship more than SHIP_MAX ids (it started over from the starts: same answer), or from
+    the start when a start is a lot."""
     server = _traversals(graph)
     seen = set(starts)
     frontier = sorted(seen)
     levels = 0
     first = True
+    wide = any(ids.kind_of(n) in WIDE_KINDS for n in starts)
     while frontier:
-        if server is not None and len(frontier) > SHIP_MAX:
+        if server is not None and (len(frontier) > SHIP_MAX or wide):
             by_level, unit_lots = server.forward_reach(starts, since_ms, until_ms, lots=lots)
             return *_reached(by_level), (unit_lots if lots else None)
         pairs = graph.parents(frontier, since_ms, until_ms) if first else graph.parents(frontier)

@@ -2,9 +2,10 @@
 
 By default the ids come from this repository (``LOCAL_IDS``): stable, no
 registry needed, and the same bytes a Confluent client would write. With a
-Schema Registry URL the schemas are registered under ``<topic>-<record name>``
-(TopicRecordNameStrategy: the edges topic carries two record types across an
-upgrade) and the registry's ids are used instead.
+Schema Registry URL the schemas are registered under ``<topic>-value``, and
+DERIVED under ``<edges topic>-genealogy.DerivedColumns`` (the edges topic
+carries two record types across an upgrade, which one subject's compatibility
+check would refuse), and the registry's ids are used instead.
 
 The stream writes what it derived as ``DERIVED`` (columns); ``EDGES``, the same
 content row by row, is what earlier workers wrote, and the sink still reads it.
@@ -107,19 +108,18 @@ def local_serde() -> Serde:
     return Serde(LOCAL_IDS)
 
 
-def registry_serde(url: str, topics: dict[str, str]) -> Serde:
-    """Register each schema under ``<topic>-<record name>`` in a Confluent Schema Registry and use its ids."""
+def registry_serde(url: str, subjects: dict[str, str]) -> Serde:
+    """Register each schema under its subject in a Confluent Schema Registry and use the registry's ids."""
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
     client = SchemaRegistryClient({"url": url})
-    ids = {name: client.register_schema(f"{topic}-{name}", Schema(schema_text(name), "AVRO")) for name, topic in topics.items()}
-    return Serde(ids)
+    return Serde({name: client.register_schema(subject, Schema(schema_text(name), "AVRO")) for name, subject in subjects.items()})
 
 
 def serde_for(settings: Any) -> Serde:
     if settings.schema_registry_url:
         return registry_serde(settings.schema_registry_url, {
-            CAPTURE: settings.topic_capture, EDGES: settings.topic_edges, DERIVED: settings.topic_edges,
-            DEAD_LETTER: settings.topic_dead_letters,
+            CAPTURE: f"{settings.topic_capture}-value", EDGES: f"{settings.topic_edges}-value",
+            DERIVED: f"{settings.topic_edges}-{DERIVED}", DEAD_LETTER: f"{settings.topic_dead_letters}-value",
         })
     return local_serde()

@@ -10,7 +10,6 @@ from rich.console import Console
 
 from genealogy.granularity import format_granularity, granularity_report, item_profile, recall_cost
 from producers.simulator import Plant
-from sinks.store import Store
 from test_linkage import load, load_plant
 
 counts = st.floats(0, 1e6, allow_nan=False)
@@ -78,14 +77,6 @@ def test_worked_example_and_edge_cases():
 
 
 # --- measured from ClickHouse ---------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    s = Store(f"chdb://{tmp_path_factory.mktemp('chdb')}")
-    s.migrate()
-    yield s
-    s.close()
-
 
 EDGES = [
     ("lot:CAP:A", "serial:PRD:P1", "consumed"), ("lot:CAP:A", "serial:PRD:P2", "consumed"),

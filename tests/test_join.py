@@ -197,3 +197,55 @@ def test_completions_resolved_within_their_batch_cost_no_changelog_write():
     assert len(out.edges) == 49 and out.pending["ST"] == 11  # resolved: strictly before the watermark
     # 11 pending buckets, the slot and the meta record; not one write per completion.
     assert Counting.writes == 13, Counting.writes
+
+
+@st.composite
+def long_station_log(draw):
+    """Events over minutes of event time, so pending completions sit in several laps of the ring of
+    buckets and the watermark can jump by more than a whole lap (a station that went quiet)."""
+    events = []
+    for i in range(draw(st.integers(1, 12))):
+        kind = draw(st.sampled_from(["genealogy.MaterialLoaded", "genealogy.MaterialUnloaded"]))
+        events.append((kind, {"event_id": f"m{i}", "event_ms": BASE_MS + draw(st.integers(0, 400_000)), "station": "ST",
+                              "slot": draw(st.sampled_from(SLOTS)), "material": ref(*draw(st.sampled_from(MATERIALS))),
+                              "operator": None}))
+    for i in range(draw(st.integers(1, 30))):
+        # bucket-aligned times 102.4 s apart land in the same bucket of the ring
+        t = draw(st.one_of(st.integers(0, 400_000), st.sampled_from([0, 102_400, 204_800, 307_200])))
+        events.append(("genealogy.UnitCompleted", {"event_id": f"u{i}", "event_ms": BASE_MS + t, "station": "ST",
+                                                   "unit": ref("serial", "PRD", f"P{i}"), "production_lot": "PL1",
+                                                   "work_order": "WO1", "operator": "OP"}))
+    arrival = sorted(events, key=lambda e: (e[1]["event_ms"], e[1]["event_id"]))
+    grace = draw(st.sampled_from([1_000, 150_000, 300_000]))
+    jumps = [("genealogy.StationHeartbeat", {"event_id": f"hb{t}", "event_ms": BASE_MS + t, "station": "ST"})
+             for t in draw(st.lists(st.integers(0, 800_000), max_size=4))]
+    cuts = sorted(draw(st.lists(st.integers(0, len(arrival)), max_size=5)))
+    return events, arrival, jumps, cuts, grace
+
+
+@settings(max_examples=200, deadline=None)
+@given(long_station_log())
+def test_join_matches_reference_across_laps_of_the_pending_ring(log):
+    """In time order nothing is late; heartbeats far ahead (more than a lap of the ring) resolve what is pending
+    at once. Every completion answered must match the reference, whichever lap its bucket holds it in."""
+    events, arrival, jumps, cuts, grace = log
+    bounds = [0, *cuts, len(arrival)]
+    batches = [arrival[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
+    for hb, at in zip(jumps, range(len(batches))):
+        batches[at] = batches[at] + [hb] if hb[1]["event_ms"] >= max(e["event_ms"] for _, e in batches[at]) else batches[at]
+    last_ms = max(e["event_ms"] for _, e in events)
+    batches.append([("genealogy.StationHeartbeat", {"event_id": "hb-end", "event_ms": last_ms + 10**6, "station": "ST"})])
+    table, edges, late = {}, set(), set()
+    for n, batch in enumerate(batches):
+        out = derive({"batch_id": f"b{n}", "source": "ST", "sent_ms": 0, "events": batch}, table, grace, 10**9, now_ms=NOW)
+        table = json.loads(json.dumps(table))
+        edges |= {(e["child"], e["parent"]) for e in out.edges}
+        late |= {r.event["event_id"] for r in out.rejected}
+    late_ms = [e["event_ms"] for k, e in events if e["event_id"] in late and k != "genealogy.UnitCompleted"]
+    truth = reference.consumed(events)
+    for k, e in events:
+        if k != "genealogy.UnitCompleted" or e["event_id"] in late or any(t <= e["event_ms"] for t in late_ms):
+            continue  # a heartbeat jumped past events still to come: those are late, and reprocess's job
+        unit = reference.nid(e["unit"])
+        assert {m for m, u in edges if u == unit} == {m for m, u in truth if u == unit}, e
+    assert table["ST"]["buckets"] == []

@@ -4,14 +4,13 @@ answers, and a clean simulated plant that must join 100%."""
 import io
 from datetime import datetime, timezone
 
-import pytest
 from rich.console import Console
 
 import schemas
 from genealogy import ids
 from genealogy.linkage import format_linkage, linkage_report
 from producers.simulator import Plant
-from sinks.store import DEAD_LETTER_COLUMNS, EDGE_COLUMNS, UNIT_COLUMNS, Store
+from sinks.store import DEAD_LETTER_COLUMNS, EDGE_COLUMNS, UNIT_COLUMNS
 from streams.derive import derive
 
 TABLES = ["edges", "edges_by_parent", "units", "lot_members", "nodes", "dead_letters"]
@@ -20,15 +19,6 @@ T0 = 1_767_600_000_000
 
 def ts(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    # chdb opens one data directory per process: one store per module, closed so the next module can open its own.
-    s = Store(f"chdb://{tmp_path_factory.mktemp('chdb')}")
-    s.migrate()
-    yield s
-    s.close()
 
 
 def reset(store) -> None:

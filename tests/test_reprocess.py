@@ -11,7 +11,6 @@ import json
 import time
 from datetime import datetime, timezone
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import reference
@@ -21,7 +20,7 @@ from genealogy.reprocess import reprocess_late
 from genealogy.settings import Settings
 from producers.simulator import BASE_MS
 from sinks.kafka_sink import ts
-from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, EDGE_COLUMNS, Store
+from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, EDGE_COLUMNS
 from streams.derive import derive
 from test_join import station_log
 
@@ -29,16 +28,6 @@ TABLES = ["edges", "edges_by_parent", "units", "lot_members", "nodes", "capture_
 SERDE = schemas.local_serde()
 SETTINGS = Settings()
 B = BASE_MS
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    # chdb opens one data directory per process: one store per module, closed so the next module can open its own.
-    s = Store(f"chdb://{tmp_path_factory.mktemp('chdb')}")
-    s.migrate()
-    s.migrate()  # the reprocessed table is idempotent DDL too
-    yield s
-    s.close()
 
 
 def reset(store) -> None:

@@ -7,7 +7,6 @@ import schemas
 from genealogy.settings import Settings
 from producers.simulator import Plant
 from sinks.kafka_sink import KafkaSink, Rows
-from sinks.store import Store
 from streams.derive import derive, derived_messages
 
 NOW = 1_767_600_000_000 + 10**10
@@ -44,15 +43,6 @@ class Message:
 
     def timestamp(self):
         return (1, 1_767_600_000_000)
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    # chdb opens one data directory per process: one store per module, closed so the next module can open its own.
-    s = Store(f"chdb://{tmp_path_factory.mktemp('chdb')}")
-    s.migrate()
-    yield s
-    s.close()
 
 
 @pytest.fixture(scope="module")
