@@ -34,6 +34,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from confluent_kafka import KafkaError
+
 import schemas
 from genealogy.settings import Settings
 from genealogy.stack import ServiceClient, Stack
@@ -257,9 +259,53 @@ def freshness(workdir: Path, rate: int, seconds: int, grace_ms: int) -> dict:
         out = {"rate_events_per_s": round(peak), "seconds": round((live[-1] - start_ms) / 1000), "grace_ms": grace_ms}
         for temporal, n, p50, p99 in body["rows"]:
             out["temporal" if temporal else "explicit"] = {"edges": n, "p50_ms": p50, "p99_ms": p99}
+        for kind, hop in hops(stack.settings, client, serde, start_ms).items():
+            out[kind]["hops"] = hop
         return out
     finally:
         stack.stop()
+
+
+def hops(settings: Settings, client: ServiceClient, serde: schemas.Serde, start_ms: int) -> dict:
+    """Where an edge's freshness goes, p50 / p99 ms per hop: event time -> its capture message in Kafka
+    (gateway linger, publish) -> the worker's edges message (fetch, join: the grace for temporal edges)
+    -> its row in ClickHouse (the sink's fetch and flush interval, the insert). Message timestamps are
+    the producers' clocks, on this same machine."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"hops-{time.time_ns()}",
+                       "enable.auto.commit": False, "enable.partition.eof": True})
+    reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (settings.topic_capture, settings.topic_edges)
+                   for p in range(settings.partitions)])
+    captured, derived, open_ = {}, {}, 2 * settings.partitions
+    while open_:
+        for m in reader.consume(10_000, 1.0):
+            if m.error():
+                open_ -= m.error().code() == KafkaError._PARTITION_EOF
+                continue
+            name, record = serde.decode(m.value())
+            if name == schemas.CAPTURE:
+                captured.update((e["event_id"], m.timestamp()[1]) for _, e in record["events"])
+            elif name == schemas.DERIVED:
+                derived.update((edge_id, m.timestamp()[1]) for edge_id in record["edges"]["edge_id"])
+    reader.close()
+    _, body = client.post("/sql", {"sql": """
+        SELECT relation = 'consumed', edge_id, toUnixTimestamp64Milli(event_time), toUnixTimestamp64Milli(inserted_at),
+               splitByChar('+', source_event)[1]
+        FROM edges WHERE event_time >= fromUnixTimestamp64Milli({t:Int64})""", "parameters": {"t": start_ms}})
+    spans: dict[str, list[list[int]]] = {"explicit": [[], [], []], "temporal": [[], [], []]}
+    for temporal, edge_id, event_ms, inserted_ms, event_id in body["rows"]:
+        if edge_id in derived and event_id in captured:
+            span = spans["temporal" if temporal else "explicit"]
+            span[0].append(captured[event_id] - event_ms)
+            span[1].append(derived[edge_id] - captured[event_id])
+            span[2].append(inserted_ms - derived[edge_id])
+
+    def p(values: list[int], q: float) -> int:
+        return sorted(values)[min(len(values) - 1, int(len(values) * q))] if values else 0
+
+    return {kind: {hop: [p(v, 0.5), p(v, 0.99)] for hop, v in zip(("capture", "worker", "sink"), s)}
+            for kind, s in spans.items()}
 
 
 def machine() -> str:
@@ -306,14 +352,18 @@ def report(results: dict) -> str:
         lines += ["", f"Worker RSS x{last['worker_rss_mb'] / first['worker_rss_mb']:.2f} from "
                       f"{first['events']:,} to {last['events']:,} events."]
     if results.get("freshness"):
-        lines += ["", "Freshness, one worker, a live paced feed (event time to queryable in ClickHouse):", "",
-                  "| offered events/s (busiest 10 s) | seconds | join grace ms | edges | count | p50 ms | p99 ms |",
-                  "|---:|---:|---:|---|---:|---:|---:|"]
+        lines += ["", "Freshness, one worker, a live paced feed (event time to queryable in ClickHouse), and per hop "
+                  "(p50 / p99 ms): event -> capture message in Kafka -> the worker's edges message -> row in ClickHouse:", "",
+                  "| offered events/s (busiest 10 s) | seconds | join grace ms | edges | count | p50 ms | p99 ms "
+                  "| capture | worker | sink |", "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
         for f in results["freshness"]:
             for k in ("explicit", "temporal"):
                 if k in f:
+                    hop = f[k].get("hops", {})
                     lines.append(f"| {f['rate_events_per_s']:,} | {f['seconds']} | {f.get('grace_ms', 10_000):,} | {k} | {f[k]['edges']:,} | "
-                                 f"{f[k]['p50_ms']:,.0f} | {f[k]['p99_ms']:,.0f} |")
+                                 f"{f[k]['p50_ms']:,.0f} | {f[k]['p99_ms']:,.0f} | "
+                                 + " | ".join(f"{hop[h][0]:,} / {hop[h][1]:,}" if h in hop else "" for h in ("capture", "worker", "sink"))
+                                 + " |")
         lines.append("")
         lines.append("Temporal (consumed) edges wait for the station watermark, the newest event time minus the join's grace, "
                      "by design: their freshness is the grace plus the pipeline's latency. Explicit edges (installed, "

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         "A worker that got nothing from an assigned capture partition this long checks it against the "
         "partition's end, and reads what its consumer skipped (see streams.progress)"))
 
+    fetch_wait_ms: int = Field(default=100, description=(
+        "Longest a consumer's fetch waits for data (workers and sink). Kafka answers as soon as data is there; "
+        "Tansu waits this long, and Faust's own 1,500 ms put seconds on the way from capture to ClickHouse"))
+
     # ClickHouse. Empty dsn means: embedded chdb engine under data_dir/clickhouse.
     clickhouse_dsn: str = ""
     sink_group: str = "genealogy-sink"

@@ -76,6 +76,8 @@ class KafkaSink:
             # started on Tansu (the first join completes after half the session timeout there).
             "session.timeout.ms": int(settings.session_timeout_s * 1000),
             "heartbeat.interval.ms": int(settings.worker_heartbeat_s * 1000),
+            # Tansu holds a fetch for its whole wait (librdkafka's default 500 ms) even when data is there.
+            "fetch.wait.max.ms": settings.fetch_wait_ms,
         })
         self.assigned = threading.Event()  # set once the group has given the sink its partitions
         self.topics = [settings.topic_edges, settings.topic_dead_letters, settings.topic_capture]

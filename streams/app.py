@@ -30,7 +30,7 @@ from genealogy import kafka
 from genealogy.settings import Settings
 from streams.derive import Derived, Rejected, derive, derived_messages
 from streams.progress import Progress, Verdict
-from streams.tansu import read_highwaters_from_the_log
+from streams.tansu import read_highwaters_from_the_log, shorten_fetch_wait
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ app = faust.App(
 )
 if settings.is_tansu:
     read_highwaters_from_the_log(settings)
+shorten_fetch_wait(settings)
 
 capture_topic = app.topic(settings.topic_capture, key_type=bytes, value_type=bytes,
                           key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
@@ -103,10 +104,6 @@ def single_event_batch(batch: dict, r: Rejected) -> bytes:
 async def derive_edges(stream):
     async for event in stream.events():
         await handle_in_order(event.message)
-        # With a backlog the stream always has the next message ready and the agent never gives up the
-        # loop: the producer's sender task then sends nothing until its buffer is full, and the sink
-        # sat idle for the first 13 s of a 40 s run. One yield per capture message keeps edges flowing.
-        await asyncio.sleep(0)
 
 
 async def handle_in_order(message) -> None:

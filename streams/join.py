@@ -108,9 +108,6 @@ class StationJoin:
         self.state = state
         self.grace_ms = grace_ms
         self.retention_ms = retention_ms
-        # Replay detection; rebuilt from the state rather than stored, so the changelog stays small.
-        self._material_ids = {entry[2] for history in state["materials"].values() for entry in history}
-        self._pending_ids = {p[1] for bucket in state["pending"].values() for p in bucket}
         self._dirty_materials: set[str] = set()
         self._dirty_buckets: set[int] = set()
         self._dirty_meta = False
@@ -167,11 +164,13 @@ class StationJoin:
     # --- events ---------------------------------------------------------------
 
     def material(self, event_id: str, event_ms: int, slot: str, material: str, loaded: bool) -> list[Consumption] | Late:
-        if event_id in self._material_ids:
-            return []
         key = f"{slot}\x1f{material}"
-        insort(self.state["materials"].setdefault(key, []), [event_ms, LOAD if loaded else UNLOAD, event_id])
-        self._material_ids.add(event_id)
+        history = self.state["materials"].setdefault(key, [])
+        # A replay names the same slot and material: only that history can hold it. (A set of every id in
+        # the state, rebuilt per batch, was 28% of a worker's time with a 10 s grace at 10,000 events/s.)
+        if any(entry[2] == event_id for entry in history):
+            return []
+        insort(history, [event_ms, LOAD if loaded else UNLOAD, event_id])
         self._loaded = None
         self._dirty_materials.add(key)
         self._dirty_meta = True
@@ -182,8 +181,9 @@ class StationJoin:
         return self._advance(event_ms)
 
     def completed(self, c: Completion) -> list[Consumption] | Late:
-        if c.event_id in self._pending_ids:
-            return []
+        bucket = _bucket(c.event_ms)
+        if any(p[1] == c.event_id for p in self.state["pending"].get(bucket, ())):
+            return []  # a replay of a pending completion: the same event time, so the same bucket
         wm = self.watermark
         if wm is not None and c.event_ms < wm:
             horizon = self.state["horizon"]
@@ -191,9 +191,7 @@ class StationJoin:
                 return Late(c.event_id, f"unit completion at {c.event_ms} is older than the retained material history (from {horizon})")
             # The state at c.event_ms is final (later material events that old are rejected), so answer now.
             return self._consumed(c) + self._advance(c.event_ms)
-        bucket = _bucket(c.event_ms)
         insort(self.state["pending"].setdefault(bucket, []), [c.event_ms, c.event_id, c.unit, c.production_lot, c.work_order, c.operator])
-        self._pending_ids.add(c.event_id)
         self._dirty_buckets.add(bucket)
         self._due = c.event_ms if self._due is None else min(self._due, c.event_ms)
         self._dirty_meta = True
@@ -235,7 +233,6 @@ class StationJoin:
                 continue  # a later lap of the ring
             for p in entries[:ready]:
                 out.extend(self._consumed(Completion(p[1], p[0], p[2], p[3], p[4], p[5])))
-                self._pending_ids.discard(p[1])
             del entries[:ready]
             if not entries:
                 del pending[bucket]
@@ -282,7 +279,6 @@ class StationJoin:
                 continue
             last = history[cut - 1]
             kept = ([last] if last[1] == LOAD else []) + history[cut:]
-            self._material_ids.difference_update(entry[2] for entry in history[:cut] if entry is not last or last[1] != LOAD)
             self._dirty_materials.add(key)
             if kept:
                 materials[key] = kept
