@@ -94,8 +94,9 @@ def rss_curve(workdir: Path, total: int, step: int, lines: int) -> list[dict]:
                 del encoded
                 _, st = drained(client)
                 events += n
+                state = json.loads((stack.settings.data_dir / "run" / f"worker-{worker.pid}.ready").read_text())["state"]
                 curve.append({"events": events, "seconds": round(time.time() - t0), "edges": st["counts"]["edges"],
-                              "worker_rss_mb": round(rss_mb(worker.pid), 1),
+                              "worker_rss_mb": round(rss_mb(worker.pid), 1), "worker_state": state,
                               "broker_rss_mb": round(rss_mb(stack.procs["broker"].pid), 1) if "broker" in stack.procs else None})
                 print(json.dumps(curve[-1]), flush=True)
     finally:
@@ -316,7 +317,8 @@ def machine() -> str:
 
 
 def report(results: dict) -> str:
-    lines = [f"# Pipeline throughput, {results['date']}", "", f"Machine: {results['machine']}. "
+    title = ("Pipeline throughput" if results["end_to_end"] else "Worker memory" if results.get("rss") else "Freshness")
+    lines = [f"# {title}, {results['date']}", "", f"Machine: {results['machine']}. "
              f"Embedded stack: Tansu broker, Faust workers, chdb sink, all on this machine.", ""]
     if results["end_to_end"]:
         lines += ["| workers | capture events | end-to-end events/s | seconds | ratio to raw consume | worker RSS MB |",
@@ -344,11 +346,14 @@ def report(results: dict) -> str:
         first, last = results["rss"][0], results["rss"][-1]
         lines += ["", "Worker memory over a long feed, one worker, the plant streamed in segments "
                   "(each drained into ClickHouse before the RSS is read):", "",
-                  "| capture events handled | edges | seconds | events/s so far | worker RSS MB | broker RSS MB |",
-                  "|---:|---:|---:|---:|---:|---:|"]
+                  "| capture events handled | edges | seconds | events/s so far | worker RSS MB | join table keys "
+                  "| pending completions | Python heap blocks | broker RSS MB |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in results["rss"]:
+            state = r.get("worker_state", {})
             lines.append(f"| {r['events']:,} | {r['edges']:,} | {r['seconds']} | {r['events'] / max(r['seconds'], 1):,.0f} | "
-                         f"{r['worker_rss_mb']} | {r['broker_rss_mb']} |")
+                         f"{r['worker_rss_mb']} | {state.get('table_keys', 0):,} | {state.get('pending_completions', 0):,} | "
+                         f"{state.get('python_blocks', 0):,} | {r['broker_rss_mb']} |")
         lines += ["", f"Worker RSS x{last['worker_rss_mb'] / first['worker_rss_mb']:.2f} from "
                       f"{first['events']:,} to {last['events']:,} events."]
     if results.get("freshness"):

@@ -147,6 +147,9 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     repairs = body.get("consumer_repairs", {})
     table.add_row("stream consumer repairs", f"{repairs.get('read_back', 0):,} skipped messages read back, "
                   f"{repairs.get('redelivered', 0):,} redeliveries handled once (live workers, since start)")
+    st = body.get("worker_state", {})
+    table.add_row("join state", f"{st.get('stations', 0):,} stations, {st.get('table_keys', 0):,} table keys, "
+                  f"{st.get('pending_completions', 0):,} completions waiting for the watermark")
     for name, value in body["counts"].items():
         table.add_row(name, f"{value:,}")
     for d in body["dead_letters"]:

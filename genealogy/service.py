@@ -135,6 +135,9 @@ class Service:
         reports = worker_reports(s)
         # Messages Faust's consumer skipped or delivered twice, which the workers caught (streams.progress).
         out["consumer_repairs"] = {k: sum(r.get(k, 0) for r in reports) for k in ("read_back", "redelivered")}
+        # The join state the live workers hold: bounded by stations x (slots + pending ring), not by time.
+        out["worker_state"] = {k: sum(r.get("state", {}).get(k, 0) for r in reports)
+                               for k in ("stations", "table_keys", "pending_completions")}
         try:
             lags = kafka.lags(s, {s.app_id: [s.topic_capture],
                                   s.sink_group: [s.topic_edges, s.topic_dead_letters, s.topic_capture]},

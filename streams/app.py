@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 
 import faust
@@ -264,12 +265,20 @@ async def mark_ready(sender, **kwargs):
     _write_ready_file()
 
 
+def state_size() -> dict:
+    """What the worker holds, so its memory can be read against its state (bench.throughput's RSS curve)."""
+    return {"stations": len(activity), "table_keys": len(station_state),
+            "pending_completions": sum(a[2] for a in activity.values()),
+            "python_blocks": sys.getallocatedblocks()}
+
+
 def _write_ready_file() -> None:
     path = _ready_file()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"ready_at": time.time(), "handled": progress.delivered(),
-                               "read_back": progress.read_back, "redelivered": progress.redelivered}))
+                               "read_back": progress.read_back, "redelivered": progress.redelivered,
+                               "state": state_size()}))
     tmp.replace(path)
 
 

@@ -139,7 +139,10 @@ def test_cli_status_recall_trace_and_sql(stack):
     assert body["counts"]["edges"] > 0
     # What the workers' offset check repaired (streams.progress), from their ready files.
     assert {k: type(v) for k, v in body["consumer_repairs"].items()} == {"read_back": int, "redelivered": int}
-    assert "consumer repairs" in cli(stack, "status").stdout
+    # The join state the workers hold (the RSS benchmark reads memory against it).
+    assert body["worker_state"]["stations"] > 0 and body["worker_state"]["table_keys"] > body["worker_state"]["stations"]
+    human_status = cli(stack, "status").stdout
+    assert "consumer repairs" in human_status and "join state" in human_status
 
     by_bare_id = cli(stack, "recall", "--lot", "SUP-CAP-0013", "--json")
     assert by_bare_id.returncode == 0, by_bare_id.stderr
