@@ -30,7 +30,6 @@ EDGE_COLUMNS = list(FROM_DERIVED["edges"])
 UNIT_COLUMNS = list(FROM_DERIVED["units"])
 MAX_MS = 7_258_118_400_000  # 2200-01-01; beyond DateTime64's comfortable range
 CAPTURE_COLUMNS = ["source", "kafka_time", "topic", "partition", "offset", "payload"]
-FACT_COLUMNS = list(FROM_DERIVED["station_facts"])
 DEAD_LETTER_COLUMNS = ["dead_letter_id", "stage", "reason", "topic", "partition", "offset", "source", "event_id",
                        "event_kind", "payload", "occurred_at"]
 

@@ -197,6 +197,5 @@ def derived_messages(batch_id: str, out: Derived, rows: int = EDGE_BATCH_ROWS):
     resolve many pending units."""
     total = max(len(out.edges), len(out.units), len(out.facts))
     for n, start in enumerate(range(0, total, rows)):
-        yield {"batch_id": f"{batch_id}#{n}", "edges": schemas.columns(out.edges[start:start + rows], "edges"),
-               "units": schemas.columns(out.units[start:start + rows], "units"),
-               "facts": schemas.columns(out.facts[start:start + rows], "facts")}
+        yield {"batch_id": f"{batch_id}#{n}",
+               **{group: schemas.columns(getattr(out, group)[start:start + rows], group) for group in schemas.COLUMNS}}
