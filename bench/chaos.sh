@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long chaos run (issue: exactly-once under crashes): the fault tests of tests/test_faults.py with
+# The long chaos run (issue: exactly-once under crashes): the fault tests of tests/integration/test_faults.py with
 # a feed of about 1.1M capture events published over 5 minutes, the Faust worker SIGKILLed 8 times
 # and the sink 7 times, workers joining and leaving; each must end equal to the brute-force reference.
 set -euo pipefail
@@ -13,4 +13,4 @@ export GENEALOGY_CHAOS_SECONDS=${GENEALOGY_CHAOS_SECONDS:-300}
 # 31,471 of them with the 6 h default), so retention covers the replay window in this feed's event time.
 # A plant's feed runs in real time, where the 6 h default covers any replay window by far.
 export GENEALOGY_RETENTION_MS=${GENEALOGY_RETENTION_MS:-604800000}
-exec .venv/bin/python -m pytest -q -rs tests/test_faults.py "$@"
+exec .venv/bin/python -m pytest -q -rs tests/integration/test_faults.py "$@"

@@ -13,7 +13,7 @@ Then the same questions are asked of each store, each many times with different 
     c  backward trace of one product down to its supplier lots
     d  process window: units completed at station S within one hour, then forward
 
-Ours is `sinks.store.Store` over embedded ClickHouse (chdb) answered by `genealogy.recall`
+Ours is `sinks.read_model.ReadModel` over embedded ClickHouse (chdb) answered by `genealogy.recall`
 exactly as the product does (traversals inside ClickHouse), and "before" the same code forced to
 walk one query per level as the product did before; PostgreSQL and DuckDB answer with recursive
 CTEs, and also with the product's level-by-level traversal over a `Graph` adapter. Before timing,
@@ -57,8 +57,9 @@ import pyarrow.csv as pacsv
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from genealogy import ids, recall  # noqa: E402
-from sinks.store import Store  # noqa: E402
+from genealogy.domain import ids, recall  # noqa: E402
+from genealogy.sinks.connection import Connection  # noqa: E402
+from genealogy.sinks.read_model import ReadModel  # noqa: E402
 
 DATA_ROOT = Path("/tmp/recall-bench")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -388,12 +389,12 @@ class ClickHouseLoader:
     name = "clickhouse"
 
     def __init__(self, path: Path):
-        self.store = Store(f"chdb://{path}")
-        self.store.migrate()  # the product's DDL: edges, edges_by_parent + MV, units, lot_members + MV, nodes + MVs
+        self.store = open_store(path)
+        self.store.connection.migrate()  # the product's DDL: edges, edges_by_parent + MV, units, lot_members + MV, nodes + MVs
 
     def write(self, edges: pa.Table, units: pa.Table) -> None:
-        self.store.client.insert_arrow("units", units)
-        self.store.client.insert_arrow("edges", edges)
+        self.store.connection.client.insert_arrow("units", units)
+        self.store.connection.client.insert_arrow("edges", edges)
 
     def finish(self) -> float:
         """Returns the seconds spent only confirming that merges stay idle, not counted as load."""
@@ -491,7 +492,7 @@ def load(lay: Layout, dirs: "Dirs", dbname: str) -> dict:
             not_load = ld.finish() or 0.0
         timers[ld.name].seconds -= not_load
     for ld in loaders:
-        (ld.store.close() if ld.name == "clickhouse" else ld.conn.close())
+        (ld.store.connection.close() if ld.name == "clickhouse" else ld.conn.close())
     return {"edges": edges_total, "units": units_total, "generate_s": generate.seconds,
             "load_s": {k: t.seconds for k, t in timers.items()}}
 
@@ -660,7 +661,12 @@ def utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
 
-def levels_only(store: Store):
+def open_store(path: Path) -> ReadModel:
+    """The product's read model over its own connection (the driver is at .connection.client)."""
+    return ReadModel(Connection(f"chdb://{path}"))
+
+
+def levels_only(store: ReadModel):
     """The store without its whole-traversal queries: genealogy.recall then walks it one query per
     level through the Graph calls, as the product did before (tests/test_store.py: same answers)."""
     return SimpleNamespace(parents=store.parents, children=store.children, units_at=store.units_at,
@@ -668,13 +674,13 @@ def levels_only(store: Store):
 
 
 class Ours:
-    """The product: sinks.store.Store + genealogy.recall, embedded ClickHouse. genealogy.recall walks
+    """The product: sinks.read_model.ReadModel + genealogy.recall, embedded ClickHouse. genealogy.recall walks
     level by level while frontiers are small (SHIP_MAX ids), then has the store run the whole
-    traversal inside ClickHouse (sinks/store.py: a recursive CTE; the lot-level scope as a loop of
+    traversal inside ClickHouse (sinks/queries.py: a recursive CTE; the lot-level scope as a loop of
     server-side steps over a temporary table)."""
     name = "clickhouse (ours)"
 
-    def __init__(self, store: Store):
+    def __init__(self, store: ReadModel):
         self.store = store
         self.graph = store
 
@@ -699,7 +705,7 @@ class OursBefore(Ours):
     shipping its frontier as an id list."""
     name = "clickhouse (before: levels)"
 
-    def __init__(self, store: Store):
+    def __init__(self, store: ReadModel):
         super().__init__(store)
         self.graph = levels_only(store)
 
@@ -712,7 +718,7 @@ class OursBefore(Ours):
 class ClickHouseCte:
     name = "clickhouse (recursive CTE)"
 
-    def __init__(self, store: Store):
+    def __init__(self, store: ReadModel):
         self.store = store
 
     def forward(self, target):
@@ -898,7 +904,7 @@ def summary(ms: list[float]) -> dict:
 class Traced:
     """Store proxy recording each Graph call, for the anatomy of the level-by-level traversal."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: ReadModel):
         self.store = store
         self.calls: list[tuple[str, int, int, float]] = []
 
@@ -926,7 +932,7 @@ class TracedTraversals:
     and the statements it runs."""
     TRAVERSALS = ("parents", "children", "production_lots", "forward_reach", "lot_scope", "serials_downstream", "backward_edges")
 
-    def __init__(self, store: Store):
+    def __init__(self, store: ReadModel):
         self.store = store
         self.calls: list[tuple[str, int, int, float]] = []  # (call, rows it returned, statements, ms)
 
@@ -936,7 +942,7 @@ class TracedTraversals:
             return fn
 
         def traced(*args, **kwargs):
-            client = self.store.client
+            client = self.store.connection.client
             statements = []
             plain = client.command, client.query
             client.command = lambda *a, **k: statements.append(1) or plain[0](*a, **k)
@@ -953,7 +959,7 @@ class TracedTraversals:
         return traced
 
 
-def anatomy(store: Store, targets: dict[str, list]) -> dict:
+def anatomy(store: ReadModel, targets: dict[str, list]) -> dict:
     """Where the time goes for ours: one query per traversal now; before, per-level queries, the fixed
     per-query cost, and the cost of the IN list."""
     out = {}
@@ -975,7 +981,7 @@ def anatomy(store: Store, targets: dict[str, list]) -> dict:
     boards = [n for n in big if ":B" in n] or big
     literal = "[" + ",".join("'" + b + "'" for b in boards) + "]"  # ids are plain ASCII, no escaping needed
     in_list = [timed(lambda: store.rows(CH_IN_LIST_ONLY, nodes=boards)) for _ in range(10)]
-    parse_only = [timed(lambda: store.client.query(f"SELECT length({literal})").result_rows) for _ in range(10)]
+    parse_only = [timed(lambda: store.connection.client.query(f"SELECT length({literal})").result_rows) for _ in range(10)]
     lookup = [timed(lambda: store.parents(boards)) for _ in range(10)]
     server_side = [timed(lambda: store.rows(CH_LEVEL_SERVER_SIDE, target=targets["a"][0])) for _ in range(10)]
     out["ping_ms"] = float(np.median(ping))
@@ -1006,10 +1012,10 @@ def loadavg() -> str:
 
 
 def sizes(dirs: "Dirs", dbname: str, edges: int) -> dict:
-    store = Store(f"chdb://{dirs.clickhouse}")
+    store = open_store(dirs.clickhouse)
     parts = {t: {"rows": int(r), "bytes": int(b), "parts": int(n)} for t, r, b, n in store.rows(CH_PARTS_SQL)}
     version = store.rows("SELECT version()")[0][0]
-    store.close()
+    store.connection.close()
     ch_edges = parts["edges"]["bytes"] + parts["edges_by_parent"]["bytes"]
     import psycopg
     with psycopg.connect(**pg_conninfo(dbname)) as conn:
@@ -1200,7 +1206,7 @@ def run_size(p: Params, args) -> dict:
     disk = sizes(dirs, dbname, loaded["edges"])
     progress("bytes/edge: " + ", ".join(f"{k} {v:.1f}" for k, v in disk["per_edge"].items()))
 
-    store = Store(f"chdb://{dirs.clickhouse}")
+    store = open_store(dirs.clickhouse)
     catch_up_schema(store)
     pg, pg_close = postgres_engine(dbname)
     pg_nl, pg_nl_close = postgres_engine(dbname, PG_NESTED_LOOPS)
@@ -1244,7 +1250,7 @@ def run_size(p: Params, args) -> dict:
     pg_close()
     pg_nl_close()
     duck_close()
-    store.close()
+    store.connection.close()
 
     import duckdb
     return {
@@ -1260,13 +1266,13 @@ def run_size(p: Params, args) -> dict:
     }
 
 
-def catch_up_schema(store: Store) -> None:
+def catch_up_schema(store: ReadModel) -> None:
     """Data loaded by an older version of the product's DDL (--reuse): apply the current DDL, and fill
     tables its new materialized views would have filled at load time (units_by_station)."""
-    store.migrate()
+    store.connection.migrate()
     if not store.rows("SELECT count() FROM units_by_station")[0][0]:
         progress("filling units_by_station from units (data loaded before it existed)")
-        store.client.command(CH_BACKFILL_UNITS_BY_STATION)
+        store.connection.client.command(CH_BACKFILL_UNITS_BY_STATION)
 
 
 def carry_over(p: Params, skipped: list[str], timings: dict) -> dict[str, str]:

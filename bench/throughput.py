@@ -36,12 +36,14 @@ from pathlib import Path
 
 from confluent_kafka import KafkaError
 
-import schemas
+from genealogy import schemas
 from genealogy.settings import Settings
-from genealogy.stack import ServiceClient, Stack
-from producers.publisher import Publisher
-from producers.simulator import BASE_MS, Plant
-from streams.derive import derive, derived_messages
+from genealogy.client import ServiceClient
+from genealogy.stack import Stack
+from genealogy.producers.publisher import Publisher
+from genealogy.producers.simulator import BASE_MS, Plant
+from genealogy.domain.derive import derive
+from genealogy.schemas import derived_messages
 
 EVENTS_PER_UNIT = 3.1  # simulator's average capture events per product unit
 
@@ -209,16 +211,18 @@ def derive_only(batches: list[dict], n_events: int) -> dict:
 
 def bare_insert(workdir: Path, edges: list[dict]) -> dict:
     """The sink's insert of the same edges, in its batch size, with nothing else running."""
-    from sinks.store import Store
+    from genealogy.sinks.connection import Connection
+    from genealogy.sinks.writer import Writer
 
-    store = Store(f"chdb://{workdir / f'bare-{time.time_ns()}'}")
-    store.migrate()
+    connection = Connection(f"chdb://{workdir / f'bare-{time.time_ns()}'}")
+    connection.migrate()
+    writer = Writer(connection)
     batches = [schemas.columns(edges[i:i + 50_000], "edges") for i in range(0, len(edges), 50_000)]
     t0 = time.perf_counter()
     for columns in batches:
-        store.insert_derived("edges", columns)
+        writer.insert_derived("edges", columns)
     elapsed = time.perf_counter() - t0
-    store.close()
+    connection.close()
     return {"bare_insert_edges_per_s": round(len(edges) / elapsed)}
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Which way to run a traversal inside ClickHouse: the measurement behind sinks/store.py.
+"""Which way to run a traversal inside ClickHouse: the measurement behind sinks/read_model.py.
 
 Runs on the data recall_bench.py loaded (/tmp/recall-bench/edges-<N>/clickhouse), ClickHouse only,
 and times, on the same targets round-robin in random order, question a (forward from a supplier lot, ~10,000
@@ -7,18 +7,18 @@ nodes in 6 levels), b (forward from one board, 4 nodes), the lot-level scope of 
 
   forward
     product             genealogy.recall.forward over the store: level by level while frontiers
-                        are small (SHIP_MAX), then Store.forward_reach
-    recursive CTE       Store.forward_reach: plain rows (node, depth), one lookup per step joined
+                        are small (SHIP_MAX), then ReadModel.forward_reach
+    recursive CTE       ReadModel.forward_reach: plain rows (node, depth), one lookup per step joined
                         back for the depth; min(depth) per node is its BFS level. No seen set:
                         capped, for cycles
-    exact CTE           the same with Store.exact_traversals: the BFS state as one row of arrays
+    exact CTE           the same with ReadModel.exact_traversals: the BFS state as one row of arrays
                         (frontier, seen), what the capped CTE falls back to
     loop, temp table    one INSERT ... SELECT per level into a temporary table plus a count to stop:
                         server-side steps, exact BFS levels
     nodes-only CTE      recall_bench.py's "clickhouse (recursive CTE)": nodes only, no levels
     levels (before)     one query per level with the frontier as an id list
   lot-level scope
-    product             Store.lot_scope: lot_level's walk as a loop of INSERT ... SELECT steps
+    product             ReadModel.lot_scope: lot_level's walk as a loop of INSERT ... SELECT steps
     recursive CTE       plain rows on serial/lot nodes, lots and members looked up in each step
                         (capped; exact only without cycles)
     CTE, state row      the walk on representatives (a serial's lot) with the state in one row
@@ -45,9 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.recall_bench import (CH_FORWARD_CTE, DATA_ROOT, RESULTS, Layout, Params, levels_only,  # noqa: E402
-                                loadavg, pick_targets)
-from genealogy import recall  # noqa: E402
-from sinks import store as st  # noqa: E402
+                                loadavg, open_store, pick_targets)
+from genealogy.domain import recall  # noqa: E402
 
 FORWARD_BARE = """
 WITH RECURSIVE st AS (
@@ -217,17 +216,16 @@ def main() -> None:
     path = DATA_ROOT / f"edges-{p.edges}" / "clickhouse"
     if not path.exists():
         raise SystemExit(f"{path} missing: run `python bench/recall_bench.py --edges {p.edges}` first")
-    store = st.Store(f"chdb://{path}")
+    store = open_store(path)
     targets = pick_targets(Layout.plan(p), args.reps + 2)
     settings = {"max_recursive_cte_evaluation_depth": 1000}  # bench data has no cycles
     levels = levels_only(store)
 
     def rows(sql, **kw):
-        with store._lock:
-            return store.client.query(sql, parameters=kw, settings=settings).result_rows
+        return store.connection.query(sql, kw, settings=settings)[1]
 
     def loop(target):
-        c = store.client
+        c = store.connection.client
         c.command(LOOP_CREATE)
         c.command(LOOP_RESET)
         c.command(LOOP_SEED, parameters={"target": target})
@@ -293,7 +291,7 @@ def main() -> None:
             print(f"  {name:28s} p50 {c['p50']:7.1f}  p95 {c['p95']:7.1f} ms  (n={c['n']})")
     out["loadavg_end"] = loadavg()
     (RESULTS / f"traversal-variants-{p.edges}.json").write_text(json.dumps(out, indent=1))
-    store.close()
+    store.connection.close()
 
 
 if __name__ == "__main__":

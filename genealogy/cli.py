@@ -12,15 +12,17 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
+import urllib3
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from genealogy import settings as settings_mod
-from genealogy.stack import ServiceClient, Stack, StackError, running_stack, stop_running
+from genealogy.client import ServiceClient, wait_drained
+from genealogy.stack import Stack, StackError, Supervisor, running_stack, stop_running
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
@@ -34,12 +36,7 @@ def _settings(data_dir: Path | None, **overrides) -> settings_mod.Settings:
     return settings_mod.load(data_dir=data_dir, **overrides)
 
 
-def _client(s: settings_mod.Settings) -> ServiceClient:
-    state = running_stack(s)
-    return ServiceClient(state["service_url"] if state else s.service_url)
-
-
-def _fail(message: str, as_json: bool = False, code: int = 1) -> None:
+def _fail(message: str, as_json: bool = False, code: int = 1) -> NoReturn:
     if as_json:
         out.print_json(data={"error": message})
     else:
@@ -47,10 +44,38 @@ def _fail(message: str, as_json: bool = False, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _not_running(s: settings_mod.Settings, as_json: bool) -> NoReturn:
+    _fail(f"no stack is running on {s.data_dir}; start it with `genealogy up --data-dir {s.data_dir}` "
+          "(or set GENEALOGY_BOOTSTRAP_SERVERS for a deployment on a real Kafka)", as_json, code=3)
+
+
+def _client(s: settings_mod.Settings, as_json: bool = False) -> ServiceClient:
+    """The query service of the stack running on the data directory, and only that one: with no stack
+    there, another stack answering on the same port is not ours to feed or ask. A deployment on a real
+    Kafka (bootstrap servers set) has no embedded stack: its service is at http_host:http_port."""
+    state = running_stack(s)
+    if state is None and s.embedded_broker:
+        _not_running(s, as_json)
+    client = ServiceClient(state["service_url"] if state else s.service_url)
+    try:
+        code, health = client.get("/health")
+    except (urllib3.exceptions.HTTPError, ValueError):
+        _fail(f"no query service answers at {client.base_url}; the stack on {s.data_dir} is starting or stopping", as_json, code=3)
+    if state is not None and health.get("instance") != state.get("instance"):
+        _fail(f"the service at {client.base_url} belongs to another stack, not the one on {s.data_dir}", as_json, code=3)
+    return client
+
+
+def _bootstrap(s: settings_mod.Settings, as_json: bool) -> settings_mod.Settings:
+    """Settings whose Kafka is the broker of the stack running on the data directory (or the real Kafka)."""
+    state = running_stack(s)
+    if state is None and s.embedded_broker:
+        _not_running(s, as_json)
+    return s.model_copy(update={"bootstrap_servers": state["bootstrap"]}) if state else s
+
+
 def _get(s: settings_mod.Settings, path: str, as_json: bool, **params) -> dict:
-    client = _client(s)
-    if not client.healthy():
-        _fail(f"no query service at {client.base_url}; start the stack with `genealogy up --data-dir {s.data_dir}`", as_json)
+    client = _client(s, as_json)
     status, body = client.get(path, **params)
     if status != 200:
         _fail(body.get("error", f"HTTP {status}"), as_json)
@@ -102,17 +127,20 @@ def up(data_dir: DataDir = None,
         _fail(str(exc))
     console.print(f"[green]ready[/]: query service {s.service_url}, broker {s.kafka_bootstrap}, "
                   f"{s.workers} worker(s), data in {s.data_dir.resolve()}; Ctrl-C or `genealogy down` to stop")
+    supervisor = Supervisor(stack, max_restarts=s.supervisor_max_restarts, window_s=s.supervisor_window_s,
+                            on_event=lambda message: console.print(f"[yellow]{message}[/]"))
+    failed = None
     try:
         while not stopping:
-            dead = stack.dead_children()
-            if dead:
-                console.print(f"[red]{', '.join(dead)} exited[/]; see {stack.log_dir}; stopping")
-                break
+            supervisor.poll()
             time.sleep(0.5)
+    except StackError as exc:
+        failed = str(exc)
+        console.print(f"[red]{failed}[/]; stopping")
     finally:
         console.print("stopping")
         stack.stop()
-    raise typer.Exit(1 if not stopping else 0)
+    raise typer.Exit(1 if failed else 0)
 
 
 @app.command()
@@ -129,10 +157,7 @@ def down(data_dir: DataDir = None) -> None:
 def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     """Readiness, consumer lag, row counts and dead letters. Exit code 0 once the stack is ready."""
     s = _settings(data_dir)
-    state = running_stack(s)
-    client = _client(s)
-    if not state or not client.healthy():
-        _fail(f"stack on {s.data_dir} is not running or not ready", as_json, code=3)
+    client = _client(s, as_json)
     code, body = client.get("/status")
     if as_json:
         out.print_json(data=body)
@@ -140,6 +165,8 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     table = Table(title=f"genealogy stack on {s.data_dir}", show_header=False)
     table.add_row("service", f"{client.base_url} ({body['store']}), up {body['uptime_s']} s")
     table.add_row("workers ready", str(len(body["workers_ready"])))
+    for name, r in body.get("restarts", {}).items():
+        table.add_row(f"restarts {name}", f"{r['restarts']} (last: {r['last_exit']})")
     for name, lags in body.get("lag", {}).items():
         table.add_row(f"lag {name}", json.dumps(lags))
     for name, state in body.get("groups", {}).items():
@@ -234,9 +261,7 @@ def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bin
         data_dir: DataDir = None, as_json: Json = False) -> None:
     """Analyst SQL against the store the pipeline writes (tables: edges, edges_by_parent, units, lot_members, nodes, station_facts, capture_batches, dead_letters)."""
     s = _settings(data_dir)
-    client = _client(s)
-    if not client.healthy():
-        _fail(f"no query service at {client.base_url}", as_json)
+    client = _client(s, as_json)
     params = dict(p.split("=", 1) for p in (param or []))
     code, body = client.post("/sql", {"sql": query, "parameters": params})
     if code != 200:
@@ -254,7 +279,7 @@ def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bin
 def linkage(data_dir: DataDir = None, as_json: Json = False) -> None:
     """Data quality: does the serial data join? Complete as-built genealogies, broken links,
     units without production, class-level inputs, duplicate serials, dead letters."""
-    from genealogy.linkage import format_linkage
+    from genealogy.sinks.linkage import format_linkage
 
     body = _get(_settings(data_dir), "/linkage", as_json)
     out.print_json(data=body) if as_json else out.print(format_linkage(body))
@@ -270,7 +295,7 @@ def granularity(item: Annotated[Optional[str], typer.Option(help="Part number of
                 data_dir: DataDir = None, as_json: Json = False) -> None:
     """Lot or serial tracking? Units recalled at each granularity, the lots that widen a recall,
     and whether serial tracking pays for itself for an item."""
-    from genealogy.granularity import format_granularity
+    from genealogy.sinks.granularity import format_granularity
 
     body = _get(_settings(data_dir), "/granularity", as_json, item=item, lot=lot, serial=serial, unit_value=unit_value,
                 recall_probability=recall_probability, units_per_year=units_per_year)
@@ -282,9 +307,7 @@ def reprocess(data_dir: DataDir = None, as_json: Json = False) -> None:
     """Recover events that arrived after the join's grace period (dead letters of stage "late"):
     recompute the affected stations' joins and correct their edges."""
     s = _settings(data_dir)
-    client = _client(s)
-    if not client.healthy():
-        _fail(f"no query service at {client.base_url}", as_json)
+    client = _client(s, as_json)
     code, body = client.post("/reprocess", {})
     if code != 200:
         _fail(body.get("error", f"HTTP {code}"), as_json)
@@ -309,16 +332,13 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
 
     Bad records go to the dead letters with file, line and reason; the rest continues; the exit
     code is 1 when anything was rejected. Unknown CFX messages are kept (stage "unknown"), not errors."""
-    from producers.cfx import CfxContext
-    from producers.ingest import FORMATS, follow as follow_file, ingest_path, publish_ingest, run_bridge
-    from producers.spool import Spool
+    from genealogy.producers.cfx import CfxContext
+    from genealogy.producers.ingest import FORMATS, follow as follow_file, ingest_path, publish_ingest, run_bridge
+    from genealogy.producers.spool import Spool
 
     if format not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}", as_json, code=2)
-    s = _settings(data_dir)
-    state = running_stack(s)
-    if state:
-        s = s.model_copy(update={"bootstrap_servers": state["bootstrap"]})
+    s = _bootstrap(_settings(data_dir), as_json)
     spool = Spool.for_settings(s)
     if follow:
         if len(files) != 1:
@@ -369,7 +389,7 @@ def simulate(units: Annotated[int, typer.Option(help="Products to build")] = 5_0
              bad_events: Annotated[int, typer.Option(help="Invalid events to include")] = 0,
              data_dir: DataDir = None, as_json: Json = False) -> None:
     """Publish a simulated plant's capture events to the stack's broker."""
-    from producers.simulator import Plant
+    from genealogy.producers.simulator import Plant
 
     s = _settings(data_dir)
     plant = Plant(units=units, lot_size=lot_size, faulty_units=faulty_units, seed=seed, disorder_ms=disorder_ms,
@@ -380,11 +400,9 @@ def simulate(units: Annotated[int, typer.Option(help="Products to build")] = 5_0
 
 
 def _publish(s: settings_mod.Settings, batches: list[dict], quiet: bool) -> int:
-    from producers.publisher import DeliveryFailed, Publisher, check_broker
+    from genealogy.producers.publisher import DeliveryFailed, Publisher, check_broker
 
-    state = running_stack(s)
-    if state:
-        s = s.model_copy(update={"bootstrap_servers": state["bootstrap"]})
+    s = _bootstrap(s, quiet)
     try:
         check_broker(s)
         publisher = Publisher(s)
@@ -401,32 +419,12 @@ def _progress(quiet: bool) -> Progress:
                     console=console, disable=quiet)
 
 
-def wait_drained(client: ServiceClient, settle_s: float, timeout: float = 600.0, on_poll=lambda status: None) -> dict:
-    """Until nothing is in flight: both consumer groups hold their partitions, no lag anywhere,
-    and the store's counts unchanged for settle_s."""
-    deadline = time.monotonic() + timeout
-    last, since = None, time.monotonic()
-    while time.monotonic() < deadline:
-        _, status = client.get("/status")
-        on_poll(status)
-        lag = status.get("lag", {})
-        idle = ("error" not in lag and all(v == 0 for group in lag.values() for v in group.values())
-                and all(state == "stable" for state in status.get("groups", {}).values()))
-        counts = status["counts"]
-        if not idle or counts != last:
-            last, since = counts, time.monotonic()
-        elif time.monotonic() - since >= settle_s:
-            return status
-        time.sleep(0.5)
-    raise TimeoutError(f"pipeline still busy after {timeout:.0f} s")
-
-
 @app.command()
 def demo(data_dir: DataDir = None, as_json: Json = False) -> None:
     """The brief's scenario on the embedded stack: a faulty supplier batch in a 5,000-unit lot; serial vs lot recall.
 
     Uses the stack running on --data-dir, or starts one for the run and stops it afterwards."""
-    from producers.simulator import Plant
+    from genealogy.producers.simulator import Plant
 
     s = _settings(data_dir)
     plant = Plant(units=5_000, lot_size=5_000, faulty_units=140, bad_events=3).generate()
@@ -469,11 +467,69 @@ def demo(data_dir: DataDir = None, as_json: Json = False) -> None:
 
 def _publish_corrupt(s: settings_mod.Settings) -> None:
     """One message that is not Avro at all, so the demo shows a decode dead letter too."""
-    from producers.publisher import Publisher
+    from genealogy.producers.publisher import Publisher
 
     publisher = Publisher(s)
     publisher.send_raw(b"ASSY-1", b"{not avro: a gateway sent JSON by mistake}")
     publisher.flush()
+
+
+# --- the stack's processes (what `genealogy up` starts; run by hand on a real deployment) ----------
+
+@app.command()
+def serve(no_sink: Annotated[bool, typer.Option("--no-sink", help="Answer queries only; another process runs the sink")] = False) -> None:
+    """Run the query service and the Kafka -> ClickHouse sink in this process, until SIGINT or SIGTERM."""
+    from genealogy.service import serve as run
+
+    run(settings_mod.load(), with_sink=not no_sink)
+
+
+@app.command()
+def worker(loglevel: Annotated[str, typer.Option(help="Faust log level")] = "warn") -> None:
+    """Run one Faust worker of the streaming join in this process, until SIGINT or SIGTERM."""
+    from genealogy.streams.app import run_worker
+
+    run_worker(settings_mod.load(), loglevel=loglevel)
+
+
+@app.command()
+def objectstore(root: Annotated[Path, typer.Option(help="Directory that holds the buckets")],
+                port: Annotated[int, typer.Option(help="Loopback port")],
+                fsync: Annotated[bool, typer.Option(help="fsync each object before acknowledging it")] = True) -> None:
+    """Run the embedded broker's durable object store (S3 API, loopback only), until SIGINT or SIGTERM."""
+    from genealogy.objectstore import serve as run
+
+    run(root, port, fsync=fsync)
+
+
+spool_app = typer.Typer(no_args_is_help=True, help="The durable capture spool in front of Kafka.")
+app.add_typer(spool_app, name="spool")
+
+
+@spool_app.command("forward")
+def spool_forward(spool: Annotated[Optional[Path], typer.Option(help="Spool file [default <data-dir>/spool/capture.db]")] = None,
+                  follow: Annotated[bool, typer.Option(help="Keep forwarding until SIGINT or SIGTERM")] = False,
+                  timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker's acks")] = 60.0,
+                  data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Send what a spool holds to Kafka; rows are deleted only once the broker acknowledged them."""
+    import threading
+
+    from genealogy.producers.spool import forward
+
+    s = _settings(data_dir)
+    stop = threading.Event()
+    if follow:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    backlog = forward(s, spool, follow=follow, timeout=timeout, stop=stop)
+    if as_json:
+        out.print_json(data=backlog)
+    else:
+        console.print(f"{backlog['delivered']:,} rows forwarded, {backlog['rows']:,} still spooled"
+                      + (f" (last error: {backlog['last_error']})" if backlog["last_error"] else ""))
+    # Rows left over are not lost (they stay spooled), but a one-shot run that leaves some says so.
+    if backlog["rows"] and not follow:
+        raise typer.Exit(1)
 
 
 def main() -> None:

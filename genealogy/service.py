@@ -21,7 +21,6 @@ from there, so an accepted capture survives a broker outage.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import json
@@ -32,13 +31,19 @@ import time
 
 from aiohttp import web
 
-import schemas
-from genealogy import granularity, ids, kafka, linkage, recall
+from genealogy import schemas
+from genealogy import kafka
+from genealogy.domain import ids, recall
+from genealogy.sinks import granularity, linkage
 from genealogy.settings import Settings
-from producers.ingest import ingest_lines, spool_ingest
-from producers.spool import Forwarder, Spool
-from sinks.kafka_sink import KafkaSink
-from sinks.store import Store
+from genealogy.producers.ingest import ingest_lines, spool_ingest
+from genealogy.producers.spool import Forwarder, Spool
+from genealogy.sinks.analyst import AnalystSql
+from genealogy.sinks.connection import Connection
+from genealogy.sinks.kafka_sink import KafkaSink
+from genealogy.sinks.late_corrector import LateCorrector
+from genealogy.sinks.read_model import ReadModel
+from genealogy.sinks.writer import Writer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +58,7 @@ class Ambiguous(LookupError):
     pass
 
 
-def resolve(store: Store, text: str, kind: str) -> str:
+def resolve(read_model: ReadModel, text: str, kind: str) -> str:
     """A user's spelling of a target -> one node id. Bare identifiers are looked up by their ident."""
     try:
         node_id = ids.normalize(text)
@@ -63,7 +68,7 @@ def resolve(store: Store, text: str, kind: str) -> str:
         if kind != "node" and ids.kind_of(node_id) not in KINDS_FOR[kind]:
             raise NotFound(f"{text!r} is a {ids.kind_of(node_id)} id, not a {kind}")
         return node_id
-    matches = store.resolve(text.strip(), KINDS_FOR[kind])
+    matches = read_model.resolve(text.strip(), KINDS_FOR[kind])
     if not matches:
         raise NotFound(f"no {kind} with identifier {text!r} has been seen by the pipeline")
     if len(matches) > 1:
@@ -74,6 +79,14 @@ def resolve(store: Store, text: str, kind: str) -> str:
 def workers_ready(settings: Settings) -> list[str]:
     run = settings.data_dir / "run"
     return sorted(p.stem for p in run.glob("worker-*.ready")) if run.exists() else []
+
+
+def supervisor_restarts(settings: Settings) -> dict:
+    """What `genealogy up`'s supervisor restarted (genealogy.stack.Supervisor), from the stack's state file."""
+    try:
+        return json.loads((settings.data_dir / "run" / "stack.json").read_text()).get("restarts", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def worker_reports(settings: Settings) -> list[dict]:
@@ -101,9 +114,15 @@ def handled_offsets(reports: list[dict]) -> dict[int, int]:
 class Service:
     def __init__(self, settings: Settings, with_sink: bool = True):
         self.settings = settings
-        self.store = Store(settings.store_dsn)
-        self.store.migrate()
-        self.sink = KafkaSink(settings, self.store, schemas.serde_for(settings)) if with_sink else None
+        # One connection (chdb: one client per process), shared by the parts.
+        self.connection = Connection(settings.store_dsn)
+        self.connection.migrate()
+        self.writer = Writer(self.connection)
+        self.read_model = ReadModel(self.connection)
+        self.analyst = AnalystSql(self.connection)
+        self.sink = KafkaSink(settings, self.writer, schemas.serde_for(settings)) if with_sink else None
+        # Only the sink's process corrects late events: it is the one that writes.
+        self.late = LateCorrector(settings, self.connection, self.writer) if with_sink and settings.late_correction_s > 0 else None
         self.spool = Spool.for_settings(settings, settings.data_dir / "spool" / "http-capture.db")
         self.forwarder = Forwarder(settings, self.spool)
         self.stop = threading.Event()
@@ -111,7 +130,8 @@ class Service:
         self.started = time.time()
 
     def start_background(self) -> None:
-        jobs = [("capture-forwarder", self.forwarder.run)] + ([("kafka-sink", self.sink.run)] if self.sink else [])
+        jobs = ([("capture-forwarder", self.forwarder.run)] + ([("kafka-sink", self.sink.run)] if self.sink else [])
+                + ([("late-corrector", self.late.run)] if self.late else []))
         for name, target in jobs:
             thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
             thread.start()
@@ -123,15 +143,18 @@ class Service:
             thread.join(timeout=30)
         self.forwarder.close(timeout=5)
         self.spool.close()
-        self.store.close()
+        self.connection.close()
 
     # --- answers (blocking; run in a thread by the handlers) ----------------------
 
     def status(self) -> dict:
         s = self.settings
-        out = {"counts": self.store.counts(), "dead_letters": self.store.dead_letter_summary(),
+        out = {"counts": self.read_model.counts(), "dead_letters": self.read_model.dead_letter_summary(),
                "workers_ready": workers_ready(s), "uptime_s": round(time.time() - self.started, 1),
                "store": "embedded chdb" if s.store_dsn.startswith("chdb://") else "clickhouse server"}
+        out["restarts"] = supervisor_restarts(s)
+        if self.late is not None:
+            out["late_correction"] = self.late.stats()
         reports = worker_reports(s)
         # Messages Faust's consumer skipped or delivered twice, which the workers caught (streams.progress).
         out["consumer_repairs"] = {k: sum(r.get(k, 0) for r in reports) for k in ("read_back", "redelivered")}
@@ -156,24 +179,24 @@ class Service:
         return out
 
     def recall(self, kind: str, text: str, since_ms: int | None, until_ms: int | None) -> dict:
-        target = resolve(self.store, text, kind)
+        target = resolve(self.read_model, text, kind)
         started = time.perf_counter()
-        result = recall.recall(self.store, target, since_ms, until_ms).as_dict()
+        result = recall.recall(self.read_model, target, since_ms, until_ms).as_dict()
         result["query_ms"] = round((time.perf_counter() - started) * 1000, 2)
         return result
 
     def window(self, station: str, since_ms: int, until_ms: int, operator: str | None) -> dict:
         started = time.perf_counter()
-        result = recall.process_window(self.store, station, since_ms, until_ms, operator).as_dict()
+        result = recall.process_window(self.read_model, station, since_ms, until_ms, operator).as_dict()
         result["query_ms"] = round((time.perf_counter() - started) * 1000, 2)
         return result
 
     def linkage(self) -> dict:
-        return linkage.linkage_report(self.store)
+        return linkage.linkage_report(self.read_model)
 
     def granularity(self, item: str | None, kind: str | None, text: str | None, **costs) -> dict:
-        target = resolve(self.store, text, kind) if text else None
-        return granularity.granularity_report(self.store, item=item, target=target, **costs)
+        target = resolve(self.read_model, text, kind) if text else None
+        return granularity.granularity_report(self.read_model, item=item, target=target, **costs)
 
     def capture(self, body: bytes, origin: str) -> dict:
         """EPCIS capture: mapped, spooled durably, then forwarded; rejects are dead letters too."""
@@ -186,14 +209,14 @@ class Service:
                 "untraceable": result.untraceable}
 
     def reprocess(self) -> dict:
-        from genealogy.reprocess import reprocess_late
+        from genealogy.sinks.reprocess import reprocess_late
 
-        return reprocess_late(self.store, self.settings)
+        return reprocess_late(self.connection, self.writer, self.settings)
 
     def trace(self, kind: str, text: str) -> dict:
-        target = resolve(self.store, text, kind)
+        target = resolve(self.read_model, text, kind)
         started = time.perf_counter()
-        result = recall.trace(self.store, target)
+        result = recall.trace(self.read_model, target)
         result["query_ms"] = round((time.perf_counter() - started) * 1000, 2)
         return result
 
@@ -230,7 +253,8 @@ def make_app(service: Service) -> web.Application:
             return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
 
     async def health(request):
-        return web.json_response({"ok": True, "sink_assigned": service.sink is None or service.sink.assigned.is_set()})
+        return web.json_response({"ok": True, "sink_assigned": service.sink is None or service.sink.assigned.is_set(),
+                                   "instance": service.settings.instance})
 
     async def status(request):
         return await call(service.status)
@@ -277,7 +301,7 @@ def make_app(service: Service) -> web.Application:
         body = await request.json()
         try:
             columns, rows = await asyncio.get_running_loop().run_in_executor(
-                None, service.store.query, body["sql"], body.get("parameters"))
+                None, service.analyst.query, body["sql"], body.get("parameters"))
         except Exception as exc:  # ClickHouse's own message is the useful one for an analyst
             return web.json_response({"error": str(exc).strip().splitlines()[0][:2000]}, status=400)
         return web.json_response({"columns": columns, "rows": rows}, dumps=functools.partial(_dumps))
@@ -291,25 +315,16 @@ def make_app(service: Service) -> web.Application:
 
 
 def _dumps(obj) -> str:
-    import json
-
     return json.dumps(obj, default=str)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="genealogy query service (+ Kafka sink)")
-    parser.add_argument("--no-sink", action="store_true", help="answer queries only; another process runs the sink")
-    args = parser.parse_args()
+def serve(settings: Settings, with_sink: bool = True) -> None:
+    """Run the service (and the sink) in this process until SIGINT or SIGTERM (``genealogy serve``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()
-    service = Service(settings, with_sink=not args.no_sink)
+    service = Service(settings, with_sink=with_sink)
     service.start_background()
     try:
         web.run_app(make_app(service), host=settings.http_host, port=settings.http_port, print=None,
                     handle_signals=True)
     finally:
         service.shutdown()
-
-
-if __name__ == "__main__":
-    main()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,14 @@ class Settings(BaseSettings):
     # Kafka. Empty bootstrap_servers means: use the embedded Tansu broker on broker_port.
     bootstrap_servers: str = ""
     broker_port: int = 19092
+    # Where the embedded broker keeps its log: "objectstore" = Tansu's s3:// engine over the local
+    # durable object store (genealogy.objectstore) under data_dir/broker, so topics, offsets and the
+    # join state's changelogs survive any stop; "memory" = Tansu's memory:// (lost at every stop).
+    broker_storage: Literal["objectstore", "memory"] = "memory"
+    objectstore_port: int = Field(default=0, description="Loopback port of the broker's object store; 0 = a free one")
+    broker_fsync: bool = Field(default=True, description=(
+        "The object store fsyncs each object (and its directory) before acknowledging it: a power cut loses "
+        "nothing acknowledged. Off: a kill -9 still loses nothing (the page cache survives it), a power cut may"))
     partitions: int = 4
     topic_capture: str = "genealogy.capture"
     topic_edges: str = "genealogy.edges"
@@ -63,10 +72,20 @@ class Settings(BaseSettings):
     sink_group: str = "genealogy-sink"
     sink_batch_rows: int = 50_000
     sink_flush_s: float = 0.5
+    late_correction_s: float = Field(default=10.0, description=(
+        "The service corrects what late events changed (genealogy reprocess) this often; 0 = only by hand"))
 
     # Query service.
     http_host: str = "127.0.0.1"
     http_port: int = 8642
+
+    # `genealogy up` starts a child that died again, after a backoff; one that dies more often than this
+    # within supervisor_window_s stops the stack (0: the first death of any child stops it).
+    supervisor_max_restarts: int = 5
+    supervisor_window_s: float = 300.0
+
+    # Set by `genealogy up` for its children: which stack they belong to (reported in /health).
+    instance: str = ""
 
     @property
     def embedded_broker(self) -> bool:

@@ -58,7 +58,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
+from genealogy.producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
 
 RESOURCE_STATES = {
     1000: "PRD", 1100: "PRD_RegularWork", 1200: "PRD_WorkForThirdParties", 1300: "PRD_Rework", 1400: "PRD_Engineering",

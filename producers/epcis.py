@@ -15,7 +15,7 @@ EPCISQueryDocument) or a single event and returns a ``MapResult``:
   ``Packed`` of epcList + quantityList into ``shipment:shipment:<id>``. Other
   object events (and other event types) say nothing for genealogy: ``unknown``.
 
-Identifiers go through ``genealogy.ids.normalize``, so the EPC URN and the GS1
+Identifiers go through ``genealogy.domain.ids.normalize``, so the EPC URN and the GS1
 Digital Link of one thing give the same node; class-level patterns
 (``urn:epc:idpat:sgtin:...*``, a bare GTIN) become ``class:<gtin>:*`` nodes and
 are listed in ``untraceable``. Locations (readPoint, then bizLocation) become
@@ -42,8 +42,8 @@ import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from genealogy import ids
-from producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
+from genealogy.domain import ids
+from genealogy.producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
 
 VOLATILE = ("recordTime", "eventID", "@context")
 LOT_KEYS = ("lotNumber", "cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "https://gs1.org/voc/lotNumber")

@@ -56,12 +56,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import schemas
+from genealogy import schemas
 from genealogy.settings import Settings
-from producers import epcis
-from producers.cfx import CfxContext, map_cfx
-from producers.mapping import Bad, Event, MapResult, by_station
-from producers.spool import Forwarder, Spool
+from genealogy.producers import epcis
+from genealogy.producers.cfx import CfxContext, map_cfx
+from genealogy.producers.mapping import Bad, Event, MapResult, by_station
+from genealogy.producers.spool import Forwarder, Spool
 
 FORMATS = ("epcis", "cfx")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from genealogy import ids
+from genealogy.domain import ids
 
 Event = tuple[str, dict]
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 
 from confluent_kafka import KafkaException, Producer
 
-import schemas
+from genealogy import schemas
 from genealogy.settings import Settings
 
 

@@ -22,9 +22,7 @@ letters have deterministic ids (hashes of endpoints, relation and source
 events) that ClickHouse's ReplacingMergeTree folds and every query reads with
 DISTINCT / uniqExact, so a re-sent batch changes no answer.
 
-``python -m producers.spool forward --spool PATH [--follow]`` drains a spool;
-``python -m producers.spool forward-plant ...`` is a restartable producer of the
-simulated plant (used by the store-and-forward tests).
+``genealogy spool forward [--spool PATH] [--follow]`` drains a spool.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from typing import NamedTuple
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from genealogy.settings import Settings
-from producers.publisher import producer_config
+from genealogy.producers.publisher import producer_config
 
 log = logging.getLogger(__name__)
 
@@ -314,84 +312,16 @@ class Forwarder:
         self._commit_acks()
 
 
-# --- command line: `python -m producers.spool ...` -----------------------------------------
-
-def _forward(args, settings: Settings) -> dict:
-    import signal
-
-    spool = Spool(args.spool or default_path(settings), default_topic=settings.topic_capture)
-    forwarder = Forwarder(settings, spool)
-    if args.follow:
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        forwarder.run(stop)
-        forwarder.close()
-    else:
-        forwarder.forward_all(args.timeout)
-        forwarder.close(timeout=1.0)  # forward_all has waited already
-    return forwarder.backlog()
-
-
-def plant_mark(seed: int, units: int, batch_size: int) -> str:
-    """Name of the spool mark where ``forward-plant`` records how many batches it has appended."""
-    return f"plant:{seed}:{units}:{batch_size}"
-
-
-def _forward_plant(args, settings: Settings) -> dict:
-    """Append the simulated plant's batches one by one as a station gateway would, forwarding as it
-    goes. Progress is a mark written with each batch, so a restarted producer resumes after the last
-    batch it appended instead of appending it again (and a killed one loses nothing it had appended)."""
-    import schemas
-    from producers.simulator import Plant
-
-    plant = Plant(units=args.units, lot_size=args.lot_size, faulty_units=args.faulty_units, seed=args.seed,
-                  batch_size=args.batch_size).generate()
-    batches = plant.batches()
-    serde = schemas.serde_for(settings)
-    spool = Spool(args.spool, default_topic=settings.topic_capture)
-    forwarder = Forwarder(settings, spool)
-    mark = plant_mark(args.seed, args.units, args.batch_size)
-    start = spool.mark(mark)
-    for n in range(start, len(batches)):
-        batch = batches[n]
-        spool.append_many([(settings.topic_capture, batch["source"].encode(), serde.encode(schemas.CAPTURE, batch))],
-                          mark=(mark, n + 1))
-        forwarder.pump(0)
-        time.sleep(args.pace_ms / 1000)
-    remaining = forwarder.forward_all(args.timeout)
-    forwarder.close(timeout=1.0)  # forward_all has waited already
-    return {"batches": len(batches), "resumed_at": start, "remaining": remaining, **forwarder.backlog()}
-
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(prog="python -m producers.spool", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    fwd = sub.add_parser("forward", help="send what is spooled; with --follow keep forwarding until SIGTERM")
-    fwd.add_argument("--spool", type=Path, help="spool file [default <data-dir>/spool/capture.db]")
-    fwd.add_argument("--follow", action="store_true")
-    fwd.add_argument("--timeout", type=float, default=60.0)
-    plant = sub.add_parser("forward-plant", help="restartable producer of the simulated plant through a spool")
-    plant.add_argument("--spool", type=Path, required=True)
-    plant.add_argument("--units", type=int, default=400)
-    plant.add_argument("--lot-size", type=int, default=100)
-    plant.add_argument("--faulty-units", type=int, default=20)
-    plant.add_argument("--seed", type=int, default=5)
-    plant.add_argument("--batch-size", type=int, default=20)
-    plant.add_argument("--pace-ms", type=float, default=0.0, help="pause after each batch, like a plant's pace")
-    plant.add_argument("--timeout", type=float, default=120.0)
-    args = parser.parse_args(argv)
-
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = Settings()  # GENEALOGY_* environment, as every process of the stack
-    report = (_forward if args.command == "forward" else _forward_plant)(args, settings)
-    print(json.dumps(report), flush=True)
-    # Rows left over are not lost (they stay spooled), but a one-shot run that leaves some says so.
-    return 0 if args.command == "forward" and args.follow or report["rows"] == 0 else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def forward(settings: Settings, path: Path | None = None, follow: bool = False, timeout: float = 60.0,
+            stop: threading.Event | None = None) -> dict:
+    """Send what a spool holds (``genealogy spool forward``); with ``follow``, keep forwarding until
+    ``stop`` is set. Returns the backlog afterwards: rows left over stay spooled."""
+    with Spool(path or default_path(settings), default_topic=settings.topic_capture) as spool:
+        forwarder = Forwarder(settings, spool)
+        if follow:
+            forwarder.run(stop or threading.Event())
+            forwarder.close()
+        else:
+            forwarder.forward_all(timeout)
+            forwarder.close(timeout=1.0)  # forward_all has waited already
+        return forwarder.backlog()

@@ -13,9 +13,11 @@ content row by row, is what earlier workers wrote, and the sink still reads it.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
+import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
 from typing import Any
@@ -102,6 +104,36 @@ def column_lengths(record: Mapping, group: str) -> int:
     if len(lengths) != 1:
         raise DecodeError(f"{DERIVED} {group}: columns of different lengths {sorted(lengths)}")
     return lengths.pop()
+
+
+# ~200 bytes an edge: keeps every edges message far below the 1 MB default request size.
+EDGE_BATCH_ROWS = 2_000
+
+
+def derived_messages(batch_id: str, out: Any, rows: int = EDGE_BATCH_ROWS):
+    """What was derived, as schemas.DERIVED records (columns) of bounded size: one capture batch can
+    resolve many pending units."""
+    total = max(len(out.edges), len(out.units), len(out.facts))
+    for n, start in enumerate(range(0, total, rows)):
+        yield {"batch_id": f"{batch_id}#{n}",
+               **{group: columns(getattr(out, group)[start:start + rows], group) for group in COLUMNS}}
+
+
+def dead_letter_id(topic: str, partition: int, offset: int, event_id: str = "") -> str:
+    """Where a rejected record was: the same message (and event in it) always gets the same id, so a
+    redelivered message does not add a dead letter."""
+    return hashlib.blake2b(f"{topic}:{partition}:{offset}:{event_id}".encode(), digest_size=12).hexdigest()
+
+
+def dead_letter(*, stage: str, reason: str, topic: str, partition: int, offset: int, source: str, payload: bytes,
+                event_id: str = "", event_kind: str = "", ident: str | None = None,
+                occurred_ms: int | None = None) -> dict:
+    """A DEAD_LETTER record: what was rejected, where it came from and why. ``ident`` defaults to
+    ``dead_letter_id`` of its place; producers that have no Kafka place yet pass their own."""
+    return {"dead_letter_id": ident or dead_letter_id(topic, partition, offset, event_id), "stage": stage,
+            "reason": reason, "topic": topic, "partition": partition, "offset": offset, "source": source,
+            "event_id": event_id, "event_kind": event_kind, "payload": payload,
+            "occurred_ms": int(time.time() * 1000) if occurred_ms is None else occurred_ms}
 
 
 def local_serde() -> Serde:

@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 
 from confluent_kafka import Consumer, KafkaError, Message
 
-import schemas
+from genealogy import schemas
 from genealogy.settings import Settings
-from sinks.store import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, MAX_MS, Store
+from genealogy.sinks.writer import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, MAX_MS, Writer
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +54,18 @@ class Rows:
     def __len__(self) -> int:
         return self.derived_rows + len(self.capture) + len(self.dead)
 
-    def insert_into(self, store: Store) -> None:
+    def insert_into(self, writer: Writer) -> None:
         # Parents before children in the dependency sense: units and edges are what answers read.
         for group, table in DERIVED_TABLES.items():
-            store.insert_derived(table, self.derived[group])
-        store.insert("capture_batches", CAPTURE_COLUMNS, self.capture)
-        store.insert("dead_letters", DEAD_LETTER_COLUMNS, self.dead)
+            writer.insert_derived(table, self.derived[group])
+        writer.insert("capture_batches", CAPTURE_COLUMNS, self.capture)
+        writer.insert("dead_letters", DEAD_LETTER_COLUMNS, self.dead)
 
 
 class KafkaSink:
-    def __init__(self, settings: Settings, store: Store, serde: schemas.Serde):
+    def __init__(self, settings: Settings, writer: Writer, serde: schemas.Serde):
         self.settings = settings
-        self.store = store
+        self.writer = writer
         self.serde = serde
         self.consumer = Consumer({
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -104,7 +104,7 @@ class KafkaSink:
 
     def _flush(self, rows: Rows) -> None:
         started = time.monotonic()
-        rows.insert_into(self.store)
+        rows.insert_into(self.writer)
         self.consumer.commit(asynchronous=False)
         self.flushed_rows += len(rows)
         self.flushes += 1

@@ -1,21 +1,32 @@
-import sys
-from pathlib import Path
+import pytest
 
-# tests/reference.py is imported as a plain module by the tests.
-sys.path.insert(0, str(Path(__file__).parent))
-
-
-import pytest  # noqa: E402
-
-from sinks.store import Store  # noqa: E402
+from genealogy.sinks.analyst import AnalystSql
+from genealogy.sinks.connection import Connection
+from genealogy.sinks.read_model import ReadModel
+from genealogy.sinks.writer import Writer
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def connection(tmp_path_factory):
     """The real embedded ClickHouse with the product's schema. chdb opens one data directory per process:
-    one store per module, closed so that the next module can open its own."""
-    s = Store(f"chdb://{tmp_path_factory.mktemp('chdb')}")
-    s.migrate()
-    s.migrate()  # the DDL is idempotent
-    yield s
-    s.close()
+    one connection per module, closed so that the next module can open its own."""
+    c = Connection(f"chdb://{tmp_path_factory.mktemp('chdb')}")
+    c.migrate()
+    c.migrate()  # the DDL is idempotent
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def writer(connection):
+    return Writer(connection)
+
+
+@pytest.fixture(scope="module")
+def read_model(connection):
+    return ReadModel(connection)
+
+
+@pytest.fixture(scope="module")
+def analyst(connection):
+    return AnalystSql(connection)

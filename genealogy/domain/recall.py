@@ -1,0 +1,270 @@
+"""Recall and trace over a genealogy graph.
+
+The traversal is pure logic over the ``Graph`` interface, one call per BFS level; tests answer it
+from a dict and check it against a brute-force reference. Against ClickHouse, each level shipped
+its whole frontier as an id list, and parsing those lists cost more than the lookups (see
+bench/README.md). So a graph that can run whole traversals itself (``Traversals``:
+``genealogy.sinks.read_model.ReadModel``, one recursive query or a loop of server-side steps each) is asked for them
+once a frontier would ship more than SHIP_MAX ids, and always for the lot-level scope and the
+widening counts, whose walks ship whole lots. tests/test_store.py asserts both paths answer alike.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from genealogy.domain import ids
+
+
+class Graph(Protocol):
+    def parents(self, nodes: list[str], since_ms: int | None = None, until_ms: int | None = None) -> list[tuple[str, str]]: ...
+    def units_at(self, station: str, since_ms: int, until_ms: int, operator: str | None = None) -> list[str]: ...
+    def children(self, nodes: list[str]) -> list[tuple[str, str, str, int, str]]: ...
+    def production_lots(self, units: list[str]) -> dict[str, str]: ...
+    def lot_members(self, lots: list[str]) -> dict[str, list[str]]: ...
+
+
+class Traversals(Graph, Protocol):
+    """Optional: a graph that runs whole traversals itself, one call each (genealogy.sinks.read_model.ReadModel)."""
+    def completed(self, station: str, since_ms: int, until_ms: int, operator: str | None = None) -> object: ...
+    def forward_reach(self, starts, since_ms: int | None = None, until_ms: int | None = None,
+                      lots: bool = False) -> tuple[dict[str, int], dict[str, str]]: ...
+    def lot_scope(self, starts, since_ms: int | None = None, until_ms: int | None = None) -> dict[str, int]: ...
+    def serials_downstream(self, sources: list[str]) -> dict[str, int]: ...
+    def backward_edges(self, unit: str, max_depth: int = 64) -> list[tuple[str, str, str, int, str]]: ...
+
+
+def _traversals(graph: Graph) -> Traversals | None:
+    return graph if callable(getattr(graph, "forward_reach", None)) else None  # type: ignore[return-value]
+
+
+# Most ids a walk ships to a graph that can run whole traversals, per call. A small frontier costs
+# ~2 ms a level as an id list, what a step of a recursive query costs too; 5,000 ids cost ~25 ms
+# to ship (bench/README.md). Past this, the whole traversal runs inside the store instead.
+SHIP_MAX = 1_000
+# A lot goes into many units (one supplier reel into thousands of boards): its first level alone would
+# ship more than SHIP_MAX ids back, only for the walk to start over inside the store (10 ms of a 66 ms
+# forward recall at 100M edges). A walk from a lot runs inside the store from the start.
+WIDE_KINDS = frozenset({"lot", "class"})
+
+
+class _Backward:
+    """children() for one trace over a graph that can run whole traversals: asked level by level
+    while the frontier is small; once it would ship more than SHIP_MAX ids, every row below the
+    unit is fetched in one traversal and the rest is answered from those rows (the same answers)."""
+
+    def __init__(self, server: Traversals, unit: str, max_depth: int):
+        self.server, self.unit, self.max_depth = server, unit, max_depth
+        self.below: dict[str, list[tuple]] | None = None
+
+    def children(self, nodes):
+        if self.below is None and len(nodes) <= SHIP_MAX:
+            return self.server.children(nodes)
+        if self.below is None:
+            self.below = defaultdict(list)
+            for row in self.server.backward_edges(self.unit, self.max_depth):
+                self.below[row[0]].append(row)
+        return [row for n in nodes for row in self.below.get(n, ())]
+
+
+@dataclass
+class Recall:
+    target: str
+    since_ms: int | None
+    until_ms: int | None
+    units: list[str]
+    lots: list[str]
+    containers: list[str]
+    shipments: list[str]
+    production_lots: dict[str, int]
+    levels: int
+    widened_by: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def lot_scope_count(self) -> int:
+        return sum(self.production_lots.values())
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "window": {"since_ms": self.since_ms, "until_ms": self.until_ms},
+            "serial_scope": {"units": self.units, "count": len(self.units)},
+            "lot_scope": {"count": self.lot_scope_count, "production_lots": self.production_lots},
+            "difference": self.lot_scope_count - len(self.units),
+            "lots": self.lots,
+            "containers": self.containers,
+            "shipments": self.shipments,
+            "widened_by": self.widened_by,
+            "levels": self.levels,
+        }
+
+
+def forward(graph: Graph, target: str | list[str], since_ms: int | None = None, until_ms: int | None = None) -> tuple[set[str], int]:
+    """Every node that contains the target(s), transitively. The window bounds the first hop only:
+    it says when the target was consumed, not when its consumers were packed or shipped."""
+    reached, levels, _ = _forward(graph, [target] if isinstance(target, str) else list(target), since_ms, until_ms)
+    return reached, levels
+
+
+def _forward(graph: Graph, starts: list[str], since_ms: int | None, until_ms: int | None,
+             lots: bool = False) -> tuple[set[str], int, dict[str, str] | None]:
+    """forward(), and with lots (from a store that ran the traversal itself) unit -> production lot
+    of the units reached. Level by level; a store that can run whole traversals does so once a
+    frontier would ship more than SHIP_MAX ids (it started over from the starts: same answer), or from
+    the start when a start is a lot."""
+    server = _traversals(graph)
+    seen = set(starts)
+    frontier = sorted(seen)
+    levels = 0
+    first = True
+    wide = any(ids.kind_of(n) in WIDE_KINDS for n in starts)
+    while frontier:
+        if server is not None and (len(frontier) > SHIP_MAX or wide):
+            by_level, unit_lots = server.forward_reach(starts, since_ms, until_ms, lots=lots)
+            return *_reached(by_level), (unit_lots if lots else None)
+        pairs = graph.parents(frontier, since_ms, until_ms) if first else graph.parents(frontier)
+        first = False
+        nxt = sorted({p for _, p in pairs} - seen)
+        if not nxt:
+            break
+        levels += 1
+        seen.update(nxt)
+        frontier = nxt
+    seen.difference_update(starts)
+    return seen, levels, None
+
+
+def _reached(levels: dict[str, int]) -> tuple[set[str], int]:
+    """forward()'s answer from node -> BFS level (starts at 0): the nodes beyond the starts, the deepest level."""
+    return {n for n, level in levels.items() if level}, max(levels.values(), default=0)
+
+
+def lot_level(graph: Graph, target: str | list[str], since_ms: int | None = None, until_ms: int | None = None) -> dict[str, int]:
+    """What the same question costs with lot data only: every production lot the target reached,
+    transitively at lot granularity, with its number of units. A unit stands for its whole lot."""
+    starts = [target] if isinstance(target, str) else list(target)
+    if (server := _traversals(graph)) is not None:
+        return dict(sorted(server.lot_scope(starts, since_ms, until_ms).items()))
+    lots: dict[str, list[str]] = {}
+    seen = set(starts)
+    frontier = sorted(seen)
+    own = graph.production_lots([n for n in starts if ids.kind_of(n) == "serial"])
+    frontier += _widen(graph, set(own.values()), lots, seen)
+    first = True
+    while frontier:
+        pairs = graph.parents(frontier, since_ms, until_ms) if first else graph.parents(frontier)
+        first = False
+        parents = {p for _, p in pairs if ids.kind_of(p) in ("serial", "lot")} - seen
+        if not parents:
+            break
+        seen.update(parents)
+        serials = sorted(p for p in parents if ids.kind_of(p) == "serial")
+        reached_lots = set(graph.production_lots(serials).values()) | {p for p in parents if ids.kind_of(p) == "lot"}
+        frontier = sorted(parents) + _widen(graph, reached_lots, lots, seen)
+    return {lot: len(members) for lot, members in sorted(lots.items()) if members}
+
+
+def _widen(graph: Graph, new_lots: set[str], lots: dict[str, list[str]], seen: set[str]) -> list[str]:
+    new_lots = sorted(new_lots - lots.keys())
+    if not new_lots:
+        return []
+    members = graph.lot_members(new_lots)
+    added = []
+    for lot in new_lots:
+        lots[lot] = members.get(lot, [])
+        for node_id in [lot, *lots[lot]]:
+            if node_id not in seen:
+                seen.add(node_id)
+                added.append(node_id)
+    return added
+
+
+def recall(graph: Graph, target: str, since_ms: int | None = None, until_ms: int | None = None) -> Recall:
+    reached, levels, unit_lots = _forward(graph, [target], since_ms, until_ms, lots=True)
+    if unit_lots is None and len(reached) > SHIP_MAX and (server := _traversals(graph)) is not None:
+        # many small levels: the production lots of all they reached, looked up inside the store
+        unit_lots = server.forward_reach([target], since_ms, until_ms, lots=True)[1]
+    return _scope(graph, target, reached, levels, lot_level(graph, target, since_ms, until_ms), since_ms, until_ms, unit_lots)
+
+
+def process_window(graph: Graph, station: str, since_ms: int, until_ms: int, operator: str | None = None) -> Recall:
+    """"Station S ran out of spec from t1 to t2" (optionally: operator O): the units completed
+    there in the window, and everything they went into."""
+    label = f"station:{station}" + (f" operator:{operator}" if operator else "")
+    if (server := _traversals(graph)) is not None:
+        # The window's units are the traversal's starts, selected inside the store (no id list sent).
+        starts = server.completed(station, since_ms, until_ms, operator)
+        by_level, unit_lots = server.forward_reach(starts, lots=True)
+        _, levels = _reached(by_level)
+        lot_scope = dict(sorted(server.lot_scope(starts).items())) if by_level else {}
+        return _scope(graph, label, set(by_level), levels, lot_scope, since_ms, until_ms, unit_lots)
+    units = graph.units_at(station, since_ms, until_ms, operator)
+    reached, levels = forward(graph, units)
+    return _scope(graph, label, reached | set(units), levels, lot_level(graph, units) if units else {}, since_ms, until_ms)
+
+
+def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope: dict[str, int], since_ms, until_ms,
+           known_lots: dict[str, str] | None = None) -> Recall:
+    """known_lots: unit -> production lot, already looked up for (at least) every unit reached."""
+    by_kind: dict[str, list[str]] = {k: [] for k in ids.KINDS}
+    for node_id in sorted(reached):
+        by_kind[ids.kind_of(node_id)].append(node_id)
+    units = by_kind["serial"]
+    if known_lots is None:
+        unit_lots = graph.production_lots(units)
+    else:
+        unit_lots = {u: known_lots[u] for u in units if u in known_lots}
+    lots = sorted(set(by_kind["lot"]) | set(unit_lots.values()))
+    return Recall(target, since_ms, until_ms, units, lots, by_kind["container"], by_kind["shipment"],
+                  lot_scope, levels, _widening_lots(graph, by_kind["lot"]))
+
+
+def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:
+    """Lot nodes on the path: everything downstream of such a lot is in scope, whichever unit of
+    the lot really held the target. Reports how many units each lot node brings in."""
+    if (server := _traversals(graph)) is not None:
+        return server.serials_downstream(lot_nodes) if lot_nodes else {}
+    out = {}
+    for lot in lot_nodes:
+        reached, _ = forward(graph, lot)
+        out[lot] = sum(1 for n in reached if ids.kind_of(n) == "serial")
+    return out
+
+
+def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
+    """Backward, as built: the unit's components, theirs, down to supplier lots."""
+    if (server := _traversals(graph)) is not None:
+        graph = _Backward(server, unit, max_depth)  # type: ignore[assignment]
+    levels = _children_by_level(graph, unit, max_depth)
+    tree: dict[str, list[dict]] = {}
+    seen = {unit}
+    for rows in levels:
+        for parent, child, relation, event_ms, station in rows:
+            tree.setdefault(parent, []).append({"node": child, "relation": relation, "event_ms": event_ms, "station": station})
+            seen.add(child)
+    depth = len(levels)
+
+    def build(node_id: str, path: frozenset) -> list[dict]:
+        return [{**c, "components": build(c["node"], path | {c["node"]}) if c["node"] not in path else []}
+                for c in sorted(tree.get(node_id, []), key=lambda c: c["node"])]
+
+    leaves = sorted(n for n in seen if n != unit and n not in tree)
+    return {"unit": unit, "components": build(unit, frozenset({unit})), "depth": depth,
+            "leaves": leaves, "supplier_lots": [n for n in leaves if ids.kind_of(n) == "lot"],
+            "node_count": len(seen) - 1}
+
+
+def _children_by_level(graph: Graph, unit: str, max_depth: int) -> list[list[tuple[str, str, str, int, str]]]:
+    """graph.children() of each BFS level below the unit, at most max_depth levels (one call each)."""
+    levels = []
+    seen = {unit}
+    frontier = [unit]
+    while frontier and len(levels) < max_depth:
+        rows = graph.children(frontier)
+        levels.append(rows)
+        nxt = {child for _, child, *_ in rows} - seen
+        seen.update(nxt)
+        frontier = sorted(nxt)
+    return levels

@@ -1,3 +1,0 @@
-from streams.app import app
-
-app.main()
