@@ -35,6 +35,7 @@ from genealogy import schemas
 from genealogy import kafka
 from genealogy.domain import ids, recall
 from genealogy.sinks import granularity, linkage
+from genealogy.join_recovery import JoinRecovery
 from genealogy.settings import Settings
 from genealogy.producers.ingest import ingest_lines, spool_ingest
 from genealogy.producers.spool import Forwarder, Spool
@@ -122,6 +123,7 @@ class Service:
         self.analyst = AnalystSql(self.connection)
         self.sink = KafkaSink(settings, self.writer, schemas.serde_for(settings)) if with_sink else None
         # Only the sink's process corrects late events: it is the one that writes.
+        self.join_recovery = JoinRecovery(settings, self.read_model, schemas.serde_for(settings)) if with_sink else None
         self.late = LateCorrector(settings, self.connection, self.writer) if with_sink and settings.late_correction_s > 0 else None
         self.spool = Spool.for_settings(settings, settings.data_dir / "spool" / "http-capture.db")
         self.forwarder = Forwarder(settings, self.spool)
@@ -130,7 +132,8 @@ class Service:
         self.started = time.time()
 
     def start_background(self) -> None:
-        jobs = ([("capture-forwarder", self.forwarder.run)] + ([("kafka-sink", self.sink.run)] if self.sink else [])
+        jobs = ([("join-recovery", self.join_recovery.run)] if self.join_recovery else []) + (
+                [("capture-forwarder", self.forwarder.run)] + ([("kafka-sink", self.sink.run)] if self.sink else [])
                 + ([("late-corrector", self.late.run)] if self.late else []))
         for name, target in jobs:
             thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
@@ -254,7 +257,8 @@ def make_app(service: Service) -> web.Application:
 
     async def health(request):
         return web.json_response({"ok": True, "sink_assigned": service.sink is None or service.sink.assigned.is_set(),
-                                   "instance": service.settings.instance})
+                                   "instance": service.settings.instance,
+                                   "join_state": service.join_recovery.state if service.join_recovery else "ready"})
 
     async def status(request):
         return await call(service.status)

@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     # Where the embedded broker keeps its log: "objectstore" = Tansu's s3:// engine over the local
     # durable object store (genealogy.objectstore) under data_dir/broker, so topics, offsets and the
     # join state's changelogs survive any stop; "memory" = Tansu's memory:// (lost at every stop).
-    broker_storage: Literal["objectstore", "memory"] = "memory"
+    broker_storage: Literal["objectstore", "memory"] = "objectstore"
     objectstore_port: int = Field(default=0, description="Loopback port of the broker's object store; 0 = a free one")
     broker_fsync: bool = Field(default=True, description=(
         "The object store fsyncs each object (and its directory) before acknowledging it: a power cut loses "

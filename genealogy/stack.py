@@ -139,6 +139,10 @@ class Stack:
             progress(f"store + sink + query service on {s.service_url} ({'embedded chdb' if not s.clickhouse_dsn else 'ClickHouse server'})")
             self._spawn("service", SERVICE_ARGV)
             kafka.wait_for_port(s.http_host, s.http_port, 60.0, self.procs["service"])
+            # Workers restore the join state from the changelog; where the broker had none, the service
+            # rebuilds it from the store first (genealogy.join_recovery).
+            progress("join state: checking the broker's changelog")
+            self._wait_join_state(ready_timeout * 40)
             for n in range(s.workers):
                 progress(f"faust worker {n + 1}/{s.workers}")
                 self._spawn(f"worker-{n + 1}", WORKER_ARGV)
@@ -159,11 +163,20 @@ class Stack:
         }))
         tmp.replace(self.state_file)
 
-    def _wait_ready(self, timeout: float) -> None:
+    def _wait_ready(self, timeout: float, worker_restarts: int = 3) -> None:
+        restarted: dict[str, int] = {}
+
         def ready() -> bool:
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_dir / (name + '.log')}")
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is None:
+                    continue
+                # A worker can fail its first table recovery (a broker restarted on its object store, a busy
+                # machine): start it again, as the supervisor will once the stack is up.
+                if name.startswith("worker-") and restarted.get(name, 0) < worker_restarts:
+                    restarted[name] = restarted.get(name, 0) + 1
+                    self.restart(name)
+                    continue
+                raise StackError(f"{name} exited with code {proc.returncode}; see {self.log_dir / (name + '.log')}")
             workers = len(list(self.run_dir.glob("worker-*.ready"))) >= self.settings.workers
             return workers and self._sink_assigned()
 
@@ -171,6 +184,23 @@ class Stack:
             until(ready, timeout, every=0.2)
         except RetryError:
             raise StackError(f"workers or sink not ready after {timeout:.0f} s; see {self.log_dir}") from None
+
+    def _wait_join_state(self, timeout: float) -> None:
+        def ready() -> bool:
+            if self.procs["service"].poll() is not None:
+                raise StackError(f"service exited with code {self.procs['service'].returncode}; see {self.log_dir / 'service.log'}")
+            try:
+                state = ServiceClient(self.settings.service_url).get("/health")[1].get("join_state")
+            except (urllib3.exceptions.HTTPError, ValueError):
+                return False
+            if state == "failed":
+                raise StackError(f"the join state could not be rebuilt; see {self.log_dir / 'service.log'}")
+            return state == "ready"
+
+        try:
+            until(ready, timeout, every=0.2)
+        except RetryError:
+            raise StackError(f"join state not ready after {timeout:.0f} s; see {self.log_dir / 'service.log'}") from None
 
     def _sink_assigned(self) -> bool:
         """Ready means consuming: a feed sent before the sink held its partitions waited for it."""

@@ -20,10 +20,20 @@ class DeliveryFailed(RuntimeError):
 
 
 def producer_config(settings: Settings) -> dict:
-    """Every capture producer's configuration (this publisher and the spool's forwarder)."""
+    """Every capture producer's configuration (this publisher and the spool's forwarder).
+
+    Against Kafka: idempotent. Against the embedded Tansu broker: not, and one request in flight per
+    connection instead, which keeps a partition in order through retries. Tansu 0.6 advances the
+    producer's sequence and the partition's watermark before it writes the batch; a broker killed
+    (or cut off from its storage) in between answers the retry with DUPLICATE_SEQUENCE_NUMBER, which
+    an idempotent client counts as delivered: acknowledged and lost (seen in
+    tests/integration/test_durability.py: offsets 37-38 of a partition never written). Without
+    idempotence the retry is written again: at least once, and duplicates fold downstream."""
+    delivery = ({"enable.idempotence": False, "max.in.flight.requests.per.connection": 1} if settings.is_tansu
+                else {"enable.idempotence": True})
     return {
         "bootstrap.servers": settings.kafka_bootstrap,
-        "enable.idempotence": True,
+        **delivery,
         "acks": "all",
         # Java-compatible key hashing: Faust (aiokafka) and Kafka Streams place a key on the same
         # partition, which the station-keyed join state depends on. librdkafka's default does not.

@@ -5,9 +5,9 @@ A capture point never talks to the broker directly. It appends each message
 ``Spool.append`` returns, the row is on disk and survives the producer being
 killed or the machine losing power, whether or not a broker is reachable.
 
-A ``Forwarder`` sends spooled rows in append order with an idempotent
+A ``Forwarder`` sends spooled rows in append order with a
 confluent-kafka producer (the configuration of ``producers.publisher``:
-``enable.idempotence``, ``acks=all``, Java-compatible ``murmur2_random`` key
+``acks=all``, in order through retries, Java-compatible ``murmur2_random`` key
 hashing) and deletes a row only after the broker acknowledged it (the delivery
 callback records the ack; the row is deleted right after, in one transaction per
 poll, so acks do not cost an fsync each). While the broker is unreachable the

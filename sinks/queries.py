@@ -627,3 +627,16 @@ WHERE relation = 'consumed' AND station = {station:String}
   AND event_time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')
 """
 STORED_UNITS_SQL = "SELECT DISTINCT event_id FROM units WHERE unit IN {units:Array(String)} AND event_id IN {ids:Array(String)}"
+
+
+# --- join-state recovery (genealogy.join_recovery) --------------------------------------------
+
+# Every capture message, in the order a worker handled them: a station's messages share one partition,
+# offsets order them within one broker's life, and the producer's time orders what came before a broker
+# whose log was lost. Read in pages along the primary key.
+CAPTURE_HISTORY_PAGE_SQL = """
+SELECT source, toUnixTimestamp64Milli(kafka_time) AS t, partition, offset, payload FROM capture_batches FINAL
+WHERE topic = {topic:String} AND (source, toUnixTimestamp64Milli(kafka_time), partition, offset) > ({s:String}, {t:Int64}, {p:UInt32}, {o:UInt64})
+ORDER BY source, t, partition, offset LIMIT {n:UInt32}
+"""
+CAPTURE_COUNT_SQL_ALL = "SELECT count() FROM capture_batches WHERE topic = {topic:String}"

@@ -8,7 +8,7 @@ connection's lock from filling it to reading it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from genealogy.sinks import queries as q
@@ -51,6 +51,23 @@ class ReadModel:
 
     def rows(self, sql: str, **parameters) -> list[tuple]:
         return self.connection.rows(sql, parameters)
+
+    def captured(self, topic: str) -> int:
+        return int(self.connection.rows(q.CAPTURE_COUNT_SQL_ALL, {"topic": topic})[0][0])
+
+    def capture_history(self, topic: str, page: int = 2_000) -> Iterator[tuple[str, bytes]]:
+        """(station, payload) of every capture message stored, station by station, each in the order its
+        worker handled them (``CAPTURE_HISTORY_PAGE_SQL``), read in pages."""
+        cursor = ("", -(2**62), 0, 0)
+        while True:
+            rows = self.connection.rows(q.CAPTURE_HISTORY_PAGE_SQL, {"topic": topic, "s": cursor[0], "t": cursor[1],
+                                                                     "p": cursor[2], "o": cursor[3], "n": page},
+                                        binary=["payload"])
+            for source, _, _, _, payload in rows:
+                yield source, payload
+            if len(rows) < page:
+                return
+            cursor = tuple(rows[-1][:4])
 
     # --- Graph: one BFS level per call ----------------------------------------------------
 

@@ -23,14 +23,18 @@ patch is only installed for Tansu (``Settings.is_tansu``).
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Mapping
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaException, TopicPartition
+from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, stop_after_delay, wait_exponential
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from genealogy import kafka
 from genealogy.settings import Settings
+
+log = logging.getLogger(__name__)
 
 # (class, member) this module replaces.
 PATCHED = [(faust_aiokafka.Consumer, "highwaters"),
@@ -50,8 +54,14 @@ def apply(settings: Settings) -> None:
 
 def read_highwaters_from_the_log(settings: Settings) -> None:
     async def highwaters(consumer, *partitions: TP) -> Mapping[TP, int]:
-        ends = await asyncio.get_running_loop().run_in_executor(
-            None, kafka.end_offsets, settings, [TopicPartition(tp.topic, tp.partition) for tp in partitions])
+        # A broker just restarted on its object store, on a loaded machine, can take longer than one read's
+        # timeout to serve the changelog's tail; Faust's recovery crashes the worker on an exception here.
+        tps = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(KafkaException), stop=stop_after_delay(300),
+                                           wait=wait_exponential(max=10), reraise=True,
+                                           before_sleep=before_sleep_log(log, logging.WARNING)):
+            with attempt:
+                ends = await asyncio.get_running_loop().run_in_executor(None, kafka.end_offsets, settings, tps, 30.0)
         return {tp: ends[(tp.topic, tp.partition)] for tp in partitions}
 
     faust_aiokafka.Consumer.highwaters = highwaters

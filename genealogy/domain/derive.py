@@ -8,7 +8,7 @@ broker.
 from __future__ import annotations
 
 import time
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
 from genealogy.domain import ids
@@ -186,3 +186,12 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
         if j.state["max_ms"] is not None:
             out.max_ms[station] = j.state["max_ms"]
     return out
+
+
+def replay(batches: Iterable[dict], grace_ms: int, retention_ms: int, now_ms: int | None = None) -> dict:
+    """The join state (the table a worker holds) after the given capture batches, applied in order:
+    what a worker that handled exactly these messages would hold."""
+    table: dict = {}
+    for batch in batches:
+        derive(batch, table, grace_ms, retention_ms, now_ms)
+    return table

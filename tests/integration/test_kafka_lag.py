@@ -17,7 +17,8 @@ def broker(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    settings = Settings(data_dir=tmp_path_factory.mktemp("lag"), broker_port=port, partitions=2)
+    # A bare broker for lag arithmetic: its storage does not matter here.
+    settings = Settings(data_dir=tmp_path_factory.mktemp("lag"), broker_port=port, partitions=2, broker_storage="memory")
     with open(settings.data_dir / "broker.log", "ab") as log:
         proc = subprocess.Popen(kafka.broker_argv(settings), stdout=log, stderr=subprocess.STDOUT)
     kafka.wait_for_port("127.0.0.1", port, 20.0, proc)

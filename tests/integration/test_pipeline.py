@@ -172,3 +172,20 @@ def standards_ingest_and_epcis_capture(stack):
     assert rows[0][0] == summary["rejects"]
     # The HTTP capture made transformation edges from the Digital Link document.
     assert sql(client, "SELECT count() FROM edges WHERE relation = 'transformed' AND station != 'COAT-1'")[0][0] > 0
+
+
+def test_commands_refuse_a_data_dir_with_no_running_stack(stack, tmp_path):
+    """Stack A runs on the default-style ports; a command given data directory B (no stack there)
+    must fail clearly and must not feed or ask A."""
+    client = ServiceClient(stack.settings.service_url)
+    before = sql(client, "SELECT count() FROM capture_batches")
+    env = {**os.environ, **stack.settings.child_env()}  # A's ports: what a user's environment would say
+    other = str(tmp_path / "B")
+    for args in (["ingest", "--format", "epcis", str(FIXTURES / "epcis" / "transformation_dl.jsonld")],
+                 ["status"], ["recall", "--lot", "SUP-CAP-0013"], ["simulate", "--units", "10"]):
+        run = subprocess.run([sys.executable, "-m", "genealogy.cli", *args, "--data-dir", other], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 3, (args, run.stdout, run.stderr)
+        assert "no stack is running on" in run.stderr, (args, run.stderr)
+    wait_drained(client, settle_s=2.0, timeout=120)
+    assert sql(client, "SELECT count() FROM capture_batches") == before

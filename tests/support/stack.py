@@ -50,7 +50,10 @@ def edge_difference(stored: set, expected: set, examples: int = 5) -> str:
     return "\n".join(lines)
 
 
-def check_against_reference(client: ServiceClient, p: Plant) -> None:
+def check_against_reference(client: ServiceClient, p: Plant, late_allowed: bool = False) -> None:
+    """Stored edges, recall and trace equal the brute-force reference; dead letters are the feed's bad events
+    and its corrupt message. ``late_allowed``: material events the join took as late are dead-lettered too
+    (a stop of the stack is a pause at every station); the edges must be right all the same."""
     bad = {e["event_id"] for _, e in p.all_events() if e["event_id"].startswith("bad-")}
     valid = reference.unique(p.all_events(), skip_ids=bad)
     expected = reference.edges(valid)
@@ -77,7 +80,8 @@ def check_against_reference(client: ServiceClient, p: Plant) -> None:
     assert t["supplier_lots"] == sorted(n for n in leaves if n.startswith("lot:"))
 
     dead = {(stage, kind): n for stage, kind, n in sql(
-        client, "SELECT stage, event_kind, uniqExact(dead_letter_id) FROM dead_letters GROUP BY stage, event_kind")}
+        client, "SELECT stage, event_kind, uniqExact(dead_letter_id) FROM dead_letters GROUP BY stage, event_kind")
+        if not (late_allowed and stage == "late")}
     assert dead == {("validate", "genealogy.UnitCompleted"): 1, ("validate", "genealogy.ComponentInstalled"): 1,
                     ("validate", "genealogy.Packed"): 1, ("decode", ""): 1}
 
