@@ -627,3 +627,9 @@ WHERE relation = 'consumed' AND station = {station:String}
   AND event_time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC')
 """
 STORED_UNITS_SQL = "SELECT DISTINCT event_id FROM units WHERE unit IN {units:Array(String)} AND event_id IN {ids:Array(String)}"
+
+# --- analyst SQL (sinks/analyst.py) ---------------------------------------------
+
+# ClickHouse's own parser: refuses several statements in one, and gives back the one statement
+# formatted; that text is what the allow-list checks and what runs.
+ANALYST_FORMAT = "SELECT formatQuery({sql:String})"
