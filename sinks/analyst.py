@@ -63,9 +63,11 @@ class Limits:
 
 
 class AnalystSql:
-    def __init__(self, dsn: str, limits: Limits | None = None, sessions: int = 2):
+    def __init__(self, dsn: str, limits: Limits | None = None, sessions: int = 2, *, own_user: bool = False):
+        """`own_user`: the DSN logs in as a server user whose settings profile already holds readonly and
+        the caps (deploy/clickhouse-analyst.sql); such a session may not set them again."""
         self.limits = limits or Limits()
-        settings = self.limits.session_settings()
+        settings = {} if own_user else self.limits.session_settings()
         # A pool: analysts wait for each other (bounded by max_execution_s), never for the sink.
         self._idle: queue.Queue = queue.Queue()
         self._clients = [clickhouse_connect.get_client(dsn=dsn, settings=settings) for _ in range(max(1, sessions))]
