@@ -125,7 +125,8 @@ class Service:
         self.analyst = AnalystSql(settings.analyst_store_dsn, Limits(
             max_execution_s=settings.analyst_max_execution_s, max_memory_bytes=settings.analyst_max_memory_bytes,
             max_result_rows=settings.analyst_max_result_rows, max_result_bytes=settings.analyst_max_result_bytes,
-            max_rows_to_read=settings.analyst_max_rows_to_read), sessions=settings.analyst_sessions,
+            max_rows_to_read=settings.analyst_max_rows_to_read,
+            max_threads=settings.analyst_max_threads), sessions=settings.analyst_sessions,
             own_user=bool(settings.analyst_dsn))
         self.sink = KafkaSink(settings, self.writer, schemas.serde_for(settings)) if with_sink else None
         # Only the sink's process corrects late events: it is the one that writes.

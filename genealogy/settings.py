@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     analyst_max_result_rows: int = 100_000
     analyst_max_result_bytes: int = 64 << 20
     analyst_max_rows_to_read: int = Field(default=0, description="Rows an analyst query may read; 0 = no cap")
+    analyst_max_threads: int = Field(default=1, description="Threads an analyst query may use (the rest stay with recall and the sink)")
 
     # The sink retries a failed ClickHouse insert (offsets not committed) with backoff up to this long
     # between tries; while it cannot write, /health answers 503.

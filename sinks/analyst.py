@@ -44,6 +44,9 @@ class Limits:
     max_result_rows: int = 100_000
     max_result_bytes: int = 64 << 20
     max_rows_to_read: int = 0  # 0 = no cap: the tables are what an analyst is there to read
+    # Threads per analyst query: ClickHouse's default (one per core) left recall sharing every core
+    # with a heavy analyst query (bench/analyst_isolation.py: recall p95 x9 on 2 vCPUs).
+    max_threads: int = 1
 
     def session_settings(self) -> dict:
         """Settings of an analyst session, in order: readonly comes last, after it nothing can be set."""
@@ -55,6 +58,7 @@ class Limits:
             "max_result_bytes": self.max_result_bytes,
             "result_overflow_mode": "throw",
             "max_rows_to_read": self.max_rows_to_read,
+            "max_threads": self.max_threads,
             "read_overflow_mode": "throw",
             "allow_ddl": 0,
             "allow_introspection_functions": 0,
