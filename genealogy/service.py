@@ -323,10 +323,13 @@ async def _body(request: web.Request, limit: int) -> bytes:
     """The request body, at most `limit` bytes (413 beyond: each route has its own cap)."""
     if request.content_length is not None and request.content_length > limit:
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
-        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-    return body
+    chunks, size = [], 0
+    while chunk := await request.content.read(1 << 16):  # read(n) returns what has arrived, not n bytes
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_json(body: bytes, max_depth: int):
