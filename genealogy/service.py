@@ -154,13 +154,12 @@ class Service:
         """Run a background job; if it dies, say why (/health, /status), and for the sink stop the process."""
         try:
             target(self.stop)
-        except BaseException as exc:
+        except Exception as exc:  # logged here with its traceback; the thread then ends
             log.exception("%s died", name)
             self.died[name] = f"{type(exc).__name__}: {public_error(exc)}"
             if name == "kafka-sink" and self.exit_on_sink_death and not self.stop.is_set():
                 self.exit_code = 1
                 os.kill(os.getpid(), signal.SIGTERM)  # aiohttp's graceful stop; serve() then exits 1
-            raise
 
     def health(self) -> tuple[bool, dict]:
         """Healthy = the sink (if this process runs one) is alive and writing."""

@@ -85,3 +85,24 @@ def test_a_dead_sink_thread_is_unhealthy():
     service.died, service.threads = {"kafka-sink": "RuntimeError: boom"}, [dead]
     ok, body = service.health()
     assert not ok and "died" in body["reason"] and "boom" in body["reason"]
+
+
+def test_a_sink_that_dies_is_reported_and_stops_the_process_for_the_supervisor(monkeypatch):
+    """genealogy serve exits 1 when the sink thread dies, so `genealogy up` restarts it from the committed offsets."""
+    k = sink(FlakyWriter(0))
+    kills = []
+    monkeypatch.setattr("genealogy.service.os.kill", lambda pid, sig: kills.append(sig))
+    service = Service.__new__(Service)
+    service.settings, service.sink, service.stop, service.died, service.exit_code = k.settings, k, threading.Event(), {}, 0
+    service.exit_on_sink_death = True
+
+    def broken(stop):
+        raise RuntimeError("a bug in the sink")
+
+    thread = threading.Thread(target=lambda: service._guarded("kafka-sink", broken), name="kafka-sink")
+    service.threads = [thread]
+    thread.start()
+    thread.join()
+    ok, body = service.health()
+    assert not ok and "a bug in the sink" in body["reason"]
+    assert service.exit_code == 1 and len(kills) == 1
