@@ -159,8 +159,11 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     s = _settings(data_dir)
     client = _client(s, as_json)
     code, body = client.get("/status")
+    unhealthy = body.get("unhealthy_reason") if code == 200 else body.get("error", f"HTTP {code}")
     if as_json:
         out.print_json(data=body)
+        if unhealthy:
+            raise typer.Exit(1)
         return
     table = Table(title=f"genealogy stack on {s.data_dir}", show_header=False)
     table.add_row("service", f"{client.base_url} ({body['store']}), up {body['uptime_s']} s")
@@ -182,6 +185,8 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     for d in body["dead_letters"]:
         table.add_row(f"dead letters {d['stage']}/{d['event_kind'] or '-'}", f"{d['count']:,}  e.g. {d['example_reason']}")
     out.print(table)
+    if unhealthy:  # e.g. the sink cannot write to ClickHouse: not ready, whatever the counts say
+        _fail(f"unhealthy: {unhealthy}")
 
 
 # --- questions ------------------------------------------------------------------
@@ -259,7 +264,7 @@ def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:i
 def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bind values with {name:Type}")],
         param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="name=value for {name:Type}")] = None,
         data_dir: DataDir = None, as_json: Json = False) -> None:
-    """Analyst SQL against the store the pipeline writes (tables: edges, edges_by_parent, units, lot_members, nodes, station_facts, capture_batches, dead_letters)."""
+    """Analyst SQL: one SELECT over the pipeline's tables (edges, edges_by_parent, units, lot_members, units_by_station, nodes, station_facts, capture_batches, dead_letters, reprocessed, and the *_final views); capped, read-only."""
     s = _settings(data_dir)
     client = _client(s, as_json)
     params = dict(p.split("=", 1) for p in (param or []))
@@ -338,6 +343,9 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
 
     if format not in FORMATS:
         _fail(f"--format must be one of {', '.join(FORMATS)}", as_json, code=2)
+    missing = [name for name in files if name != "-" and not Path(name).is_file()] if not follow else []
+    if missing:
+        _fail(f"no such file: {', '.join(missing)}", as_json, code=2)
     s = _bootstrap(_settings(data_dir), as_json)
     spool = Spool.for_settings(s)
     if follow:

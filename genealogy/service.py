@@ -25,7 +25,9 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import os
+import signal
 import threading
 import time
 
@@ -39,7 +41,7 @@ from genealogy.join_recovery import JoinRecovery
 from genealogy.settings import Settings
 from genealogy.producers.ingest import ingest_lines, spool_ingest
 from genealogy.producers.spool import Forwarder, Spool
-from genealogy.sinks.analyst import AnalystSql
+from genealogy.sinks.analyst import AnalystSql, Cancelled, Limits, Rejected, public_error
 from genealogy.sinks.connection import Connection
 from genealogy.sinks.kafka_sink import KafkaSink
 from genealogy.sinks.late_corrector import LateCorrector
@@ -120,7 +122,13 @@ class Service:
         self.connection.migrate()
         self.writer = Writer(self.connection)
         self.read_model = ReadModel(self.connection)
-        self.analyst = AnalystSql(self.connection)
+        # Analysts get ClickHouse sessions of their own (sinks.analyst): never the sink's or recall's.
+        self.analyst = AnalystSql(settings.analyst_store_dsn, Limits(
+            max_execution_s=settings.analyst_max_execution_s, max_memory_bytes=settings.analyst_max_memory_bytes,
+            max_result_rows=settings.analyst_max_result_rows, max_result_bytes=settings.analyst_max_result_bytes,
+            max_rows_to_read=settings.analyst_max_rows_to_read,
+            max_threads=settings.analyst_max_threads), sessions=settings.analyst_sessions,
+            own_user=bool(settings.analyst_dsn))
         self.sink = KafkaSink(settings, self.writer, schemas.serde_for(settings)) if with_sink else None
         # Only the sink's process corrects late events: it is the one that writes.
         self.join_recovery = JoinRecovery(settings, self.read_model, schemas.serde_for(settings)) if with_sink else None
@@ -130,15 +138,44 @@ class Service:
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
         self.started = time.time()
+        self.died: dict[str, str] = {}  # background thread -> why it died
+        self.exit_code = 0
+        # serve() sets it: a dead sink makes the process exit non-zero, and `genealogy up`'s supervisor
+        # starts it again from the committed offsets, rather than answering forever without a sink.
+        self.exit_on_sink_death = False
 
     def start_background(self) -> None:
         jobs = ([("join-recovery", self.join_recovery.run)] if self.join_recovery else []) + (
                 [("capture-forwarder", self.forwarder.run)] + ([("kafka-sink", self.sink.run)] if self.sink else [])
                 + ([("late-corrector", self.late.run)] if self.late else []))
         for name, target in jobs:
-            thread = threading.Thread(target=target, args=(self.stop,), name=name, daemon=True)
+            thread = threading.Thread(target=self._guarded, args=(name, target), name=name, daemon=True)
             thread.start()
             self.threads.append(thread)
+
+    def _guarded(self, name: str, target) -> None:
+        """Run a background job; if it dies, say why (/health, /status), and for the sink stop the process."""
+        try:
+            target(self.stop)
+        except Exception as exc:  # logged here with its traceback; the thread then ends
+            log.exception("%s died", name)
+            self.died[name] = f"{type(exc).__name__}: {public_error(exc)}"
+            if name == "kafka-sink" and self.exit_on_sink_death and not self.stop.is_set():
+                self.exit_code = 1
+                os.kill(os.getpid(), signal.SIGTERM)  # aiohttp's graceful stop; serve() then exits 1
+
+    def health(self) -> tuple[bool, dict]:
+        """Healthy = the sink (if this process runs one) is alive and writing."""
+        out = {"ok": True, "sink_assigned": self.sink is None or self.sink.assigned.is_set(),
+               "instance": self.settings.instance,
+               "join_state": self.join_recovery.state if self.join_recovery else "ready"}
+        if self.sink is not None:
+            thread = next((t for t in self.threads if t.name == "kafka-sink"), None)
+            if thread is not None and not thread.is_alive() and not self.stop.is_set():
+                out["ok"], out["reason"] = False, f"the sink thread died: {self.died.get('kafka-sink', 'unknown reason')}"
+            elif self.sink.failing:
+                out["ok"], out["reason"] = False, f"the sink cannot write to ClickHouse: {self.sink.failing}"
+        return out["ok"], out
 
     def shutdown(self) -> None:
         self.stop.set()
@@ -146,6 +183,7 @@ class Service:
             thread.join(timeout=30)
         self.forwarder.close(timeout=5)
         self.spool.close()
+        self.analyst.close()
         self.connection.close()
 
     # --- answers (blocking; run in a thread by the handlers) ----------------------
@@ -177,8 +215,12 @@ class Service:
             out["sink"] = {"running": any(t.name == "kafka-sink" and t.is_alive() for t in self.threads),
                            "assigned": self.sink.assigned.is_set(),
                            "flushes": self.sink.flushes, "rows": self.sink.flushed_rows,
-                           "last_flush_ms": round(self.sink.last_flush_s * 1000, 1)}
+                           "last_flush_ms": round(self.sink.last_flush_s * 1000, 1),
+                           "failing": self.sink.failing, "insert_retries": self.sink.retries}
         out["capture_spool"] = self.forwarder.backlog()
+        out["healthy"], health = self.health()
+        if not out["healthy"]:
+            out["unhealthy_reason"] = health["reason"]
         return out
 
     def recall(self, kind: str, text: str, since_ms: int | None, until_ms: int | None) -> dict:
@@ -224,11 +266,19 @@ class Service:
         return result
 
 
+class BadRequest(ValueError):
+    """A request the service will not answer: 400 with the reason."""
+
+
+def _json_error(status: int, reason: str) -> web.Response:
+    return web.json_response({"error": reason}, status=status, dumps=_dumps)
+
+
 def _target(request: web.Request) -> tuple[str, str]:
     for kind in ("lot", "serial", "node"):
         if request.query.get(kind):
             return kind, request.query[kind]
-    raise web.HTTPBadRequest(text='{"error": "give one of lot=, serial= or node="}', content_type="application/json")
+    raise BadRequest("give one of lot=, serial= or node=")
 
 
 def _int(request: web.Request, name: str) -> int | None:
@@ -238,56 +288,132 @@ def _int(request: web.Request, name: str) -> int | None:
     try:
         return int(value)
     except ValueError:
-        raise web.HTTPBadRequest(text=f'{{"error": "{name} must be epoch milliseconds"}}', content_type="application/json") from None
+        raise BadRequest(f"{name} must be epoch milliseconds") from None
+
+
+def _window(request: web.Request) -> tuple[int | None, int | None]:
+    since, until = _int(request, "since_ms"), _int(request, "until_ms")
+    if since is not None and until is not None and since > until:
+        raise BadRequest("since_ms is after until_ms")
+    return since, until
+
+
+def _number(request: web.Request, name: str) -> float | None:
+    value = request.query.get(name)
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number") from None
+    if not math.isfinite(number):  # nan and inf would come back as NaN/Infinity: not JSON
+        raise BadRequest(f"{name} must be a finite number")
+    return number
+
+
+def json_depth(value) -> int:
+    """Nesting depth of a parsed JSON value, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+async def _body(request: web.Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes (413 beyond: each route has its own cap)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    chunks, size = [], 0
+    while chunk := await request.content.read(1 << 16):  # read(n) returns what has arrived, not n bytes
+        size += len(chunk)
+        if size > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(body: bytes, max_depth: int):
+    try:
+        value = json.loads(body)
+    except RecursionError:
+        raise BadRequest(f"the JSON body is nested deeper than {max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("the body is not JSON") from None
+    if json_depth(value) > max_depth:
+        raise BadRequest(f"the JSON body is nested deeper than {max_depth} levels")
+    return value
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Every answer is JSON: aiohttp's own errors (404, 405, 413 ...) and anything unexpected, without
+    tracebacks, paths or versions."""
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return _json_error(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        reasons = {404: "no such route", 405: f"method {request.method} not allowed here",
+                   413: "the request body is too large"}
+        return _json_error(exc.status, reasons.get(exc.status, exc.reason))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        raise
+    except Exception:
+        log.exception("request failed: %s %s", request.method, request.path)
+        return _json_error(500, "internal error; the service log has the details")
 
 
 def make_app(service: Service) -> web.Application:
+    settings = service.settings
+
     async def call(fn, *args, **kwargs):
         try:
-            return web.json_response(await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs)))
+            return web.json_response(await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs)),
+                                     dumps=_dumps)
         except NotFound as exc:
-            return web.json_response({"error": str(exc)}, status=404)
+            return _json_error(404, str(exc))
         except Ambiguous as exc:
-            return web.json_response({"error": str(exc)}, status=409)
+            return _json_error(409, str(exc))
         except (ids.InvalidId, ValueError) as exc:
-            return web.json_response({"error": str(exc)}, status=400)
-        except Exception as exc:  # the CLI and dashboards get JSON with the reason, never an HTML 500
+            return _json_error(400, str(exc))
+        except RecursionError:
+            return _json_error(400, "the request is nested too deeply")
+        except Exception:  # the CLI and dashboards get JSON, never an HTML 500; the log has the details
             log.exception("request failed")
-            return web.json_response({"error": f"{type(exc).__name__}: {exc}"}, status=500)
+            return _json_error(500, "internal error; the service log has the details")
 
     async def health(request):
-        return web.json_response({"ok": True, "sink_assigned": service.sink is None or service.sink.assigned.is_set(),
-                                   "instance": service.settings.instance,
-                                   "join_state": service.join_recovery.state if service.join_recovery else "ready"})
+        ok, body = service.health()
+        return web.json_response(body, status=200 if ok else 503, dumps=_dumps)
 
     async def status(request):
         return await call(service.status)
 
     async def do_recall(request):
+        since, until = _window(request)
         if request.query.get("station"):
-            since, until = _int(request, "since_ms"), _int(request, "until_ms")
             if since is None or until is None:
-                return web.json_response({"error": "a process window needs since_ms and until_ms"}, status=400)
+                raise BadRequest("a process window needs since_ms and until_ms")
             return await call(service.window, request.query["station"], since, until, request.query.get("operator"))
         kind, text = _target(request)
-        return await call(service.recall, kind, text, _int(request, "since_ms"), _int(request, "until_ms"))
+        return await call(service.recall, kind, text, since, until)
 
     async def do_linkage(request):
         return await call(service.linkage)
 
     async def do_granularity(request):
         kind = next((k for k in ("lot", "serial", "node") if request.query.get(k)), None)
-        costs = {}
-        for name in ("unit_value", "recall_probability", "units_per_year"):
-            if request.query.get(name):
-                try:
-                    costs[name] = float(request.query[name])
-                except ValueError:
-                    return web.json_response({"error": f"{name} must be a number"}, status=400)
+        costs = {name: value for name in ("unit_value", "recall_probability", "units_per_year")
+                 if (value := _number(request, name)) is not None}
         return await call(service.granularity, request.query.get("item"), kind, request.query.get(kind) if kind else None, **costs)
 
     async def capture(request):
-        body = await request.read()
+        body = await _body(request, settings.capture_max_body_bytes)
         origin = f"http{request.path}:{time.strftime('%Y%m%dT%H%M%S')}:{id(request):x}"
         response = await call(service.capture, body, origin)
         if response.status == 200:
@@ -302,15 +428,31 @@ def make_app(service: Service) -> web.Application:
         return await call(service.trace, kind, text)
 
     async def sql(request):
-        body = await request.json()
+        body = parse_json(await _body(request, settings.sql_max_body_bytes), settings.json_max_depth)
+        if not isinstance(body, dict) or not isinstance(body.get("sql"), str):
+            raise BadRequest('the body must be {"sql": "SELECT ...", "parameters": {...}}')
+        cancel = threading.Event()
+        job = asyncio.get_running_loop().run_in_executor(None, service.analyst.query, body["sql"], body.get("parameters"), cancel)
         try:
-            columns, rows = await asyncio.get_running_loop().run_in_executor(
-                None, service.analyst.query, body["sql"], body.get("parameters"))
-        except Exception as exc:  # ClickHouse's own message is the useful one for an analyst
-            return web.json_response({"error": str(exc).strip().splitlines()[0][:2000]}, status=400)
-        return web.json_response({"columns": columns, "rows": rows}, dumps=functools.partial(_dumps))
+            # Watch the client while the query runs: one that hangs up stops its query.
+            while not job.done():
+                await asyncio.wait([job], timeout=0.2)
+                if request.transport is None or request.transport.is_closing():
+                    cancel.set()
+            columns, rows = await job
+        except Cancelled:
+            return _json_error(499, "the client went away")
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        except Rejected as exc:
+            return _json_error(400, str(exc))
+        except Exception as exc:  # ClickHouse's own reason is the useful one for an analyst
+            return _json_error(400, public_error(exc))
+        return web.json_response({"columns": columns, "rows": rows}, dumps=_dumps)
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=max(settings.sql_max_body_bytes, settings.capture_max_body_bytes),
+                          middlewares=[json_errors])
     app.add_routes([web.get("/health", health), web.get("/status", status), web.get("/recall", do_recall),
                     web.get("/trace", do_trace), web.get("/linkage", do_linkage), web.get("/granularity", do_granularity),
                     web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture),
@@ -318,17 +460,34 @@ def make_app(service: Service) -> web.Application:
     return app
 
 
+def _finite(value):
+    """JSON has no NaN or Infinity: non-finite floats go out as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _dumps(obj) -> str:
-    return json.dumps(obj, default=str)
+    try:
+        return json.dumps(obj, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), default=str, allow_nan=False)
 
 
 def serve(settings: Settings, with_sink: bool = True) -> None:
     """Run the service (and the sink) in this process until SIGINT or SIGTERM (``genealogy serve``)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     service = Service(settings, with_sink=with_sink)
+    service.exit_on_sink_death = True
     service.start_background()
     try:
         web.run_app(make_app(service), host=settings.http_host, port=settings.http_port, print=None,
                     handle_signals=True)
     finally:
         service.shutdown()
+    if service.exit_code:
+        raise SystemExit(service.exit_code)

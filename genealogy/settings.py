@@ -78,6 +78,26 @@ class Settings(BaseSettings):
     # Query service.
     http_host: str = "127.0.0.1"
     http_port: int = 8642
+    # Request bodies larger than these are answered 413; JSON nested deeper than json_max_depth 400.
+    sql_max_body_bytes: int = Field(default=64 * 1024, description="Largest POST /sql body")
+    capture_max_body_bytes: int = Field(default=8 * 1024 * 1024, description="Largest POST /capture and /events body")
+    json_max_depth: int = Field(default=64, description="Deepest JSON nesting a request body may have")
+
+    # Analyst SQL (POST /sql, genealogy sql): its own ClickHouse sessions, capped (docs/security.md).
+    analyst_dsn: str = Field(default="", description=(
+        "ClickHouse for analyst queries, e.g. the read-only `analyst` user of deploy/clickhouse-analyst.sql; "
+        "empty = the store's (embedded: sessions of their own on the same engine)"))
+    analyst_sessions: int = Field(default=2, description="Analyst queries that can run at once")
+    analyst_max_execution_s: float = Field(default=10.0, description="An analyst query is stopped after this long")
+    analyst_max_memory_bytes: int = 1 << 30
+    analyst_max_result_rows: int = 100_000
+    analyst_max_result_bytes: int = 64 << 20
+    analyst_max_rows_to_read: int = Field(default=0, description="Rows an analyst query may read; 0 = no cap")
+    analyst_max_threads: int = Field(default=1, description="Threads an analyst query may use (the rest stay with recall and the sink)")
+
+    # The sink retries a failed ClickHouse insert (offsets not committed) with backoff up to this long
+    # between tries; while it cannot write, /health answers 503.
+    sink_retry_max_s: float = 30.0
 
     # `genealogy up` starts a child that died again, after a backoff; one that dies more often than this
     # within supervisor_window_s stops the stack (0: the first death of any child stops it).
@@ -106,6 +126,10 @@ class Settings(BaseSettings):
     @property
     def store_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def analyst_store_dsn(self) -> str:
+        return self.analyst_dsn or self.store_dsn
 
     @property
     def service_url(self) -> str:

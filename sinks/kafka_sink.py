@@ -17,7 +17,8 @@ import threading
 import time
 from datetime import datetime, timezone
 
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from genealogy import schemas
 from genealogy.settings import Settings
@@ -84,6 +85,8 @@ class KafkaSink:
         self.flushed_rows = 0
         self.flushes = 0
         self.last_flush_s = 0.0
+        self.failing: str | None = None  # why the last insert failed, while the sink retries it
+        self.retries = 0
 
     def run(self, stop: threading.Event) -> None:
         self.consumer.subscribe(self.topics, on_assign=lambda consumer, partitions: self.assigned.set())
@@ -94,21 +97,47 @@ class KafkaSink:
                 for message in self.consumer.consume(num_messages=2000, timeout=self.settings.sink_flush_s / 2):
                     self._route(message, rows)
                 if len(rows) >= self.settings.sink_batch_rows or (rows and time.monotonic() - last >= self.settings.sink_flush_s):
-                    self._flush(rows)
+                    if not self._flush(rows, stop):
+                        break  # stopped while ClickHouse was refusing: nothing committed, Kafka redelivers
                     rows = Rows()
                     last = time.monotonic()
-            if rows:
-                self._flush(rows)
+            else:
+                if rows:
+                    self._flush(rows, stop)
         finally:
             self.consumer.close()
 
-    def _flush(self, rows: Rows) -> None:
+    def _flush(self, rows: Rows, stop: threading.Event) -> bool:
+        """Insert, then commit. A failed insert is retried with backoff, offsets uncommitted, until it goes
+        in or the sink is stopped (False): nothing Kafka was told is stored can be lost."""
         started = time.monotonic()
-        rows.insert_into(self.writer)
-        self.consumer.commit(asynchronous=False)
+        retrying = Retrying(retry=retry_if_exception_type(Exception),
+                            wait=wait_exponential(multiplier=0.2, max=self.settings.sink_retry_max_s),
+                            stop=lambda state: stop.is_set(), sleep=stop.wait,
+                            before_sleep=self._failed, reraise=True)
+        try:
+            retrying(rows.insert_into, self.writer)
+        except Exception:
+            if stop.is_set():
+                return False
+            raise
+        self.failing = None
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            # The rows are in; uncommitted they come again (a rebalance while ClickHouse was down) and the
+            # store's deterministic ids make the second insert invisible.
+            log.warning("offset commit failed, the batch will be redelivered: %s", exc)
         self.flushed_rows += len(rows)
         self.flushes += 1
         self.last_flush_s = time.monotonic() - started
+        return True
+
+    def _failed(self, state) -> None:
+        exc = state.outcome.exception()
+        self.failing = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        self.retries += 1
+        log.warning("ClickHouse insert failed (try %d), retrying, offsets not committed: %s", state.attempt_number, self.failing)
 
     def _route(self, message: Message, rows: Rows) -> None:
         if message.error():

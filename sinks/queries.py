@@ -640,3 +640,9 @@ WHERE topic = {topic:String} AND (source, toUnixTimestamp64Milli(kafka_time), pa
 ORDER BY source, t, partition, offset LIMIT {n:UInt32}
 """
 CAPTURE_COUNT_SQL_ALL = "SELECT count() FROM capture_batches WHERE topic = {topic:String}"
+
+# --- analyst SQL (sinks/analyst.py) ---------------------------------------------
+
+# ClickHouse's own parser: refuses several statements in one, and gives back the one statement
+# formatted; that text is what the allow-list checks and what runs.
+ANALYST_FORMAT = "SELECT formatQuery({sql:String})"

@@ -29,4 +29,6 @@ def read_model(connection):
 
 @pytest.fixture(scope="module")
 def analyst(connection):
-    return AnalystSql(connection)
+    a = AnalystSql(connection.dsn)
+    yield a
+    a.close()
