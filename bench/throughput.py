@@ -81,7 +81,7 @@ def rss_curve(workdir: Path, total: int, step: int, lines: int) -> list[dict]:
     curve, events, t0 = [], 0, time.time()
     try:
         publisher = Publisher(stack.settings)
-        client = ServiceClient(stack.settings.service_url)
+        client = ServiceClient.for_settings(stack.settings)
         worker = next(p for name, p in stack.procs.items() if name.startswith("worker"))
         with ThreadPoolExecutor(1) as pool:
             upcoming = pool.submit(segment, 0)
@@ -153,7 +153,7 @@ def end_to_end(workdir: Path, workers: int, encoded: list[tuple[bytes, bytes]], 
         publisher.flush()
         produced = time.time() - t0
         cpu_produce = cpu_s(os.getpid())
-        done, st = drained(ServiceClient(stack.settings.service_url))
+        done, st = drained(ServiceClient.for_settings(stack.settings))
         cpu1 = {name: cpu_s(p.pid) for name, p in stack.procs.items()} | {"producer (this process)": cpu_produce}
         # Where the CPU went, per process, in CPU seconds per million capture events: on 2 cores, the
         # sum is what the machine must spend for a million events, whatever the number of workers.
@@ -249,7 +249,7 @@ def freshness(workdir: Path, rate: int, seconds: int, grace_ms: int) -> dict:
                 time.sleep(wait)
             publisher.send_raw(b["source"].encode(), serde.encode(schemas.CAPTURE, b))
         publisher.flush()
-        client = ServiceClient(stack.settings.service_url)
+        client = ServiceClient.for_settings(stack.settings)
         drained(client)
         code, body = client.post("/sql", {"sql": """
             SELECT relation = 'consumed' AS temporal, count(),

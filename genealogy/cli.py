@@ -56,7 +56,7 @@ def _client(s: settings_mod.Settings, as_json: bool = False) -> ServiceClient:
     state = running_stack(s)
     if state is None and s.embedded_broker:
         _not_running(s, as_json)
-    client = ServiceClient(state["service_url"] if state else s.service_url)
+    client = ServiceClient.for_settings(s, state["service_url"] if state else None)
     try:
         code, health = client.get("/health")
     except (urllib3.exceptions.HTTPError, ValueError):
@@ -479,9 +479,15 @@ def _publish_corrupt(s: settings_mod.Settings) -> None:
 @app.command()
 def serve(no_sink: Annotated[bool, typer.Option("--no-sink", help="Answer queries only; another process runs the sink")] = False) -> None:
     """Run the query service and the Kafka -> ClickHouse sink in this process, until SIGINT or SIGTERM."""
+    from genealogy.auth import AuthNotConfigured, check_bind
     from genealogy.service import serve as run
 
-    run(settings_mod.load(), with_sink=not no_sink)
+    s = settings_mod.load()
+    try:
+        check_bind(s)  # before opening the store: refuse at once, with the reason
+    except AuthNotConfigured as exc:
+        _fail(str(exc), code=2)
+    run(s, with_sink=not no_sink)
 
 
 @app.command()
@@ -500,6 +506,57 @@ def objectstore(root: Annotated[Path, typer.Option(help="Directory that holds th
     from genealogy.objectstore import serve as run
 
     run(root, port, fsync=fsync)
+
+
+token_app = typer.Typer(no_args_is_help=True, help="API tokens of the query service (stored hashed under the data directory).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(role: Annotated[str, typer.Option(help="reader (GET queries), capture (POST /capture, /events) or admin (everything)")],
+                 label: Annotated[str, typer.Option(help="Who or what uses it, for `genealogy token list`")] = "",
+                 data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Create a token; it is printed once and only its SHA-256 is stored. A running service accepts it at once."""
+    from genealogy.auth import ROLES, TokenStore
+
+    if role not in ROLES:
+        _fail(f"--role must be one of {', '.join(ROLES)}", as_json, code=2)
+    token, entry = TokenStore.for_settings(_settings(data_dir)).create(role, label)
+    if as_json:
+        out.print_json(data={"token": token, **entry.public()})
+    else:
+        console.print(f"{entry.role} token {entry.id} created; it is shown only now:")
+        out.print(token, soft_wrap=True)
+
+
+@token_app.command("list")
+def token_list(data_dir: DataDir = None, as_json: Json = False) -> None:
+    """The tokens (id, role, label, creation time; never the token)."""
+    from genealogy.auth import TokenStore
+
+    entries = [e.public() for e in TokenStore.for_settings(_settings(data_dir)).entries()]
+    if as_json:
+        out.print_json(data=entries)
+        return
+    table = Table("id", "role", "label", "created")
+    for e in entries:
+        table.add_row(e["id"], e["role"], e["label"], e["created"])
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(help="The id `genealogy token list` shows (or its first 6+ characters)")],
+                 data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Revoke a token; a running service refuses it from its next request on."""
+    from genealogy.auth import TokenStore
+
+    try:
+        gone = TokenStore.for_settings(_settings(data_dir)).revoke(token_id)
+    except ValueError as exc:
+        _fail(str(exc), as_json, code=2)
+    if not gone:
+        _fail(f"no token with id {token_id}", as_json)
+    out.print_json(data=[e.public() for e in gone]) if as_json else console.print(f"revoked {', '.join(e.id for e in gone)}")
 
 
 spool_app = typer.Typer(no_args_is_help=True, help="The durable capture spool in front of Kafka.")

@@ -31,7 +31,7 @@ import time
 
 from aiohttp import web
 
-from genealogy import schemas
+from genealogy import auth, schemas
 from genealogy import kafka
 from genealogy.domain import ids, recall
 from genealogy.sinks import granularity, linkage
@@ -306,7 +306,7 @@ def make_app(service: Service) -> web.Application:
             return web.json_response({"error": str(exc).strip().splitlines()[0][:2000]}, status=400)
         return web.json_response({"columns": columns, "rows": rows}, dumps=functools.partial(_dumps))
 
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=auth.middlewares(service.settings))
     app.add_routes([web.get("/health", health), web.get("/status", status), web.get("/recall", do_recall),
                     web.get("/trace", do_trace), web.get("/linkage", do_linkage), web.get("/granularity", do_granularity),
                     web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture),

@@ -78,6 +78,16 @@ class Settings(BaseSettings):
     # Query service.
     http_host: str = "127.0.0.1"
     http_port: int = 8642
+    # Who may call it (genealogy.auth, docs/security.md).
+    auth: Literal["tokens", "off"] = Field(default="tokens", description=(
+        "tokens: every route but /health needs a bearer token (roles reader, capture, admin); "
+        "off: no tokens, refused unless http_host is a loopback address"))
+    tokens_file: Path | None = Field(default=None, description="Hashed API tokens; default <data_dir>/auth/tokens.json")
+    http_allowed_hosts: str = Field(default="", description=(
+        "Comma-separated host names / addresses clients use to reach the service, besides localhost and "
+        "http_host: any other Host header is refused (DNS rebinding)"))
+    # A client's token (the CLI against a deployment); never passed on to child processes.
+    api_token: str = Field(default="", exclude=True, repr=False)
 
     # `genealogy up` starts a child that died again, after a backoff; one that dies more often than this
     # within supervisor_window_s stops the stack (0: the first death of any child stops it).
@@ -108,6 +118,10 @@ class Settings(BaseSettings):
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
     @property
+    def tokens_path(self) -> Path:
+        return self.tokens_file or self.data_dir / "auth" / "tokens.json"
+
+    @property
     def service_url(self) -> str:
         return f"http://{self.http_host}:{self.http_port}"
 
@@ -120,6 +134,7 @@ class Settings(BaseSettings):
             else:
                 env[f"GENEALOGY_{name.upper()}"] = str(value)
         env["GENEALOGY_DATA_DIR"] = str(self.data_dir.resolve())
+        env.pop("GENEALOGY_API_TOKEN", None)  # a client's credential is not the children's business
         return env
 
 

@@ -143,7 +143,7 @@ def test_recall_through_real_kafka_and_clickhouse(servers, tmp_path):
         sent = Publisher(settings).publish(plant.batches())
         assert sent > 0
 
-        client = ServiceClient(settings.service_url)
+        client = ServiceClient.for_settings(settings)
         try:
             status = wait_drained(client, settle_s=settings.idle_flush_s * 2 + 3, timeout=300)
         except TimeoutError:
