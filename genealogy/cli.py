@@ -333,7 +333,7 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
     Bad records go to the dead letters with file, line and reason; the rest continues; the exit
     code is 1 when anything was rejected. Unknown CFX messages are kept (stage "unknown"), not errors."""
     from genealogy.producers.cfx import CfxContext
-    from genealogy.producers.ingest import FORMATS, follow as follow_file, ingest_path, publish_ingest, run_bridge
+    from genealogy.producers.ingest import FORMATS, follow as follow_file, publish_path, run_bridge
     from genealogy.producers.spool import Spool
 
     if format not in FORMATS:
@@ -358,12 +358,11 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
     context = CfxContext()
     summary = {"files": [], "rejects": 0, "remaining_in_spool": 0}
     for name in files:
-        result = ingest_path(name, format, cfx_context=context) if format == "cfx" else ingest_path(name, format)
-        report = publish_ingest(s, result, spool, timeout=timeout)
-        summary["files"].append({"file": name, **report.counts,
-                                 "reasons": [d["reason"] for d in result.dead_letters[:20]]})
-        summary["rejects"] += report.counts["rejects"]
-        summary["remaining_in_spool"] = report.remaining
+        # Streamed: memory stays bounded whatever the file's size (producers.ingest.publish_path).
+        report = publish_path(s, name, format, spool, cfx_context=context if format == "cfx" else None, timeout=timeout)
+        summary["files"].append({"file": name, **report["counts"], "reasons": report["reasons"]})
+        summary["rejects"] += report["counts"]["rejects"]
+        summary["remaining_in_spool"] = report["remaining"]
     if as_json:
         out.print_json(data=summary)
     else:

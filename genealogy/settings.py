@@ -89,6 +89,19 @@ class Settings(BaseSettings):
     # A client's token (the CLI against a deployment); never passed on to child processes.
     api_token: str = Field(default="", exclude=True, repr=False)
 
+    # Input limits (producers.ingest, producers.oversize, producers.spool; docs/security.md#limits).
+    ingest_max_line_bytes: int = Field(default=16 * 1024 * 1024, description=(
+        "A longer input line is a dead letter (excerpt, size, SHA-256; the whole line kept under "
+        "<data_dir>/dead-letters), never parsed nor held in memory"))
+    ingest_max_document_bytes: int = Field(default=16 * 1024 * 1024, description=(
+        "A longer multi-line JSON document is a dead letter the same way"))
+    dead_letter_max_payload_bytes: int = Field(default=64 * 1024, description=(
+        "A dead letter carries at most this much of its payload (Kafka refuses messages over ~1 MB); the whole "
+        "payload goes to <data_dir>/dead-letters/<sha256>"))
+    spool_max_attempts: int = Field(default=3, description=(
+        "A spool row the broker refuses for good (too large, invalid) this many times is moved to the spool's "
+        "quarantine table, so it never blocks the rows behind it"))
+
     # `genealogy up` starts a child that died again, after a backoff; one that dies more often than this
     # within supervisor_window_s stops the stack (0: the first death of any child stops it).
     supervisor_max_restarts: int = 5
