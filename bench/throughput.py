@@ -171,7 +171,7 @@ def raw_consume(settings: Settings, messages: int) -> dict:
     from confluent_kafka import Consumer
 
     serde = schemas.local_serde()
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"raw-{time.time_ns()}",
+    consumer = Consumer({**settings.kafka_config, "group.id": f"raw-{time.time_ns()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([settings.topic_capture])
     seen = events = 0
@@ -278,7 +278,7 @@ def hops(settings: Settings, client: ServiceClient, serde: schemas.Serde, start_
     the producers' clocks, on this same machine."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"hops-{time.time_ns()}",
+    reader = Consumer({**settings.kafka_config, "group.id": f"hops-{time.time_ns()}",
                        "enable.auto.commit": False, "enable.partition.eof": True})
     reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (settings.topic_capture, settings.topic_edges)
                    for p in range(settings.partitions)])

@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     broker_fsync: bool = Field(default=True, description=(
         "The object store fsyncs each object (and its directory) before acknowledging it: a power cut loses "
         "nothing acknowledged. Off: a kill -9 still loses nothing (the page cache survives it), a power cut may"))
+    # Kafka security (docs/security.md#kafka): the librdkafka options every client of the pipeline gets
+    # (producers, the sink, admin and offset readers), and the same for Faust's aiokafka clients.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = Field(default="", repr=False)
+    kafka_ssl_ca_location: str = Field(default="", description="CA bundle (PEM) that signed the brokers' certificates")
+    kafka_ssl_certificate_location: str = Field(default="", description="Client certificate (PEM), for mutual TLS")
+    kafka_ssl_key_location: str = Field(default="", description="Client key (PEM), for mutual TLS")
+    kafka_ssl_key_password: str = Field(default="", repr=False)
     partitions: int = 4
     topic_capture: str = "genealogy.capture"
     topic_edges: str = "genealogy.edges"
@@ -125,6 +135,26 @@ class Settings(BaseSettings):
     @property
     def kafka_bootstrap(self) -> str:
         return self.bootstrap_servers or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka's connection options: bootstrap servers and, when set, TLS and SASL."""
+        config = {"bootstrap.servers": self.kafka_bootstrap}
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return config
+        config["security.protocol"] = protocol.lower()
+        if protocol.startswith("SASL"):
+            config.update({"sasl.mechanism": self.kafka_sasl_mechanism, "sasl.username": self.kafka_sasl_username,
+                           "sasl.password": self.kafka_sasl_password})
+        if protocol.endswith("SSL"):
+            for option, value in (("ssl.ca.location", self.kafka_ssl_ca_location),
+                                  ("ssl.certificate.location", self.kafka_ssl_certificate_location),
+                                  ("ssl.key.location", self.kafka_ssl_key_location),
+                                  ("ssl.key.password", self.kafka_ssl_key_password)):
+                if value:
+                    config[option] = value
+        return config
 
     @property
     def store_dsn(self) -> str:

@@ -22,7 +22,7 @@ class DeliveryFailed(RuntimeError):
 def producer_config(settings: Settings) -> dict:
     """Every capture producer's configuration (this publisher and the spool's forwarder)."""
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.kafka_config,
         "enable.idempotence": True,
         "acks": "all",
         # Java-compatible key hashing: Faust (aiokafka) and Kafka Streams place a key on the same
@@ -76,7 +76,7 @@ class Publisher:
 
 
 def check_broker(settings: Settings, timeout: float = 5.0) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = Producer(settings.kafka_config)
     try:
         producer.list_topics(timeout=timeout)
     except KafkaException as exc:
