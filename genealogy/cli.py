@@ -528,6 +528,17 @@ def token_create(role: Annotated[str, typer.Option(help="reader (GET queries), c
         out.print(token, soft_wrap=True)
 
 
+@token_app.command("bootstrap")
+def token_bootstrap(data_dir: DataDir = None) -> None:
+    """Make sure an admin token exists in <data-dir>/run/admin.token (0600), as `genealogy up` does: a
+    deployment's service container runs it before `genealogy serve` (idempotent)."""
+    from genealogy.auth import admin_token_path, ensure_admin_token
+
+    s = _settings(data_dir)
+    ensure_admin_token(s)
+    console.print(f"admin token in {admin_token_path(s)}")
+
+
 @token_app.command("list")
 def token_list(data_dir: DataDir = None, as_json: Json = False) -> None:
     """The tokens (id, role, label, creation time; never the token)."""
