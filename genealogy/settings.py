@@ -166,7 +166,9 @@ class Settings(BaseSettings):
 
     @property
     def service_url(self) -> str:
-        return f"http://{self.http_host}:{self.http_port}"
+        # A wildcard bind is reached on loopback: "0.0.0.0" is not a Host the service accepts (genealogy.auth).
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(self.http_host, self.http_host)
+        return f"http://{host}:{self.http_port}"
 
     def child_env(self) -> dict[str, str]:
         """Environment for a child process so that it resolves the same settings."""

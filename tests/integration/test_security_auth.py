@@ -51,8 +51,8 @@ def raw(stack, method, path, body=b"{}", **headers):
     return response.status, json.loads(response.data), response.headers
 
 
-def counts(admin) -> dict:
-    return admin.get("/status")[1]["counts"]
+def drained_counts(stack, admin) -> dict:
+    return wait_drained(admin, settle_s=3.0, timeout=240)["counts"]
 
 
 def test_no_token_is_401_json_everywhere_but_health(stack):
@@ -66,14 +66,14 @@ def test_no_token_is_401_json_everywhere_but_health(stack):
 
 
 def test_reader_reads_and_changes_nothing(stack, admin):
-    before = counts(admin)
+    before = drained_counts(stack, admin)
     bearer = {"Authorization": f"Bearer {token(stack, 'reader')}"}
     assert raw(stack, "GET", "/status", **bearer)[0] == 200
     assert raw(stack, "GET", "/linkage", **bearer)[0] == 200
     for path, body in (("/sql", json.dumps(SQL).encode()), ("/capture", b"{}"), ("/events", b"{}"), ("/reprocess", b"{}")):
         status, answer, _ = raw(stack, "POST", path, body, **bearer)
         assert status == 403 and "reader" in answer["error"], (path, status, answer)
-    assert counts(admin) == before
+    assert drained_counts(stack, admin) == before
 
 
 def test_capture_captures_but_does_not_read(stack, admin):
@@ -92,23 +92,23 @@ def test_admin_may_do_everything(stack, admin):
 
 
 def test_wrong_host_is_refused(stack, admin):
-    before = counts(admin)
+    before = drained_counts(stack, admin)
     bearer = {"Authorization": f"Bearer {auth.read_admin_token(stack.settings)}"}
     for method, path in (("GET", "/status"), ("POST", "/sql"), ("POST", "/reprocess")):
         status, body, _ = raw(stack, method, path, json.dumps(SQL).encode(), Host=f"rebound.evil.example:{stack.settings.http_port}", **bearer)
         assert status == 403 and "Host" in body["error"], (path, body)
-    assert counts(admin) == before
+    assert drained_counts(stack, admin) == before
 
 
 def test_cross_origin_post_is_refused(stack, admin):
-    before = counts(admin)
+    before = drained_counts(stack, admin)
     bearer = {"Authorization": f"Bearer {auth.read_admin_token(stack.settings)}"}
     for path in ("/sql", "/capture", "/reprocess"):
         status, body, _ = raw(stack, "POST", path, json.dumps(SQL).encode(), Origin="http://evil.example", **bearer)
         assert status == 403 and "Origin" in body["error"], (path, body)
     same = f"http://127.0.0.1:{stack.settings.http_port}"
     assert raw(stack, "POST", "/sql", json.dumps(SQL).encode(), Origin=same, **bearer)[0] == 200
-    assert counts(admin) == before
+    assert drained_counts(stack, admin) == before
 
 
 def test_errors_are_json(stack, admin):
@@ -151,10 +151,6 @@ def test_non_loopback_bind_without_auth_is_refused(tmp_path, mode):
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 TRANSFORMATION = os.path.join(FIXTURES, "epcis", "transformation_dl.jsonld")
-
-
-def drained_counts(stack, admin) -> dict:
-    return wait_drained(admin, settle_s=3.0, timeout=240)["counts"]
 
 
 def capture_fixture(admin) -> None:
