@@ -127,6 +127,10 @@ def up(data_dir: DataDir = None,
         _fail(str(exc))
     console.print(f"[green]ready[/]: query service {s.service_url}, broker {s.kafka_bootstrap}, "
                   f"{s.workers} worker(s), data in {s.data_dir.resolve()}; Ctrl-C or `genealogy down` to stop")
+    if s.auth == "tokens":
+        from genealogy.auth import admin_token_path
+
+        console.print(f"admin API token in {admin_token_path(s).resolve()} (the CLI sends it; `genealogy token create` for others)")
     supervisor = Supervisor(stack, max_restarts=s.supervisor_max_restarts, window_s=s.supervisor_window_s,
                             on_event=lambda message: console.print(f"[yellow]{message}[/]"))
     failed = None
@@ -177,6 +181,10 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     st = body.get("worker_state", {})
     table.add_row("join state", f"{st.get('stations', 0):,} stations, {st.get('table_keys', 0):,} table keys, "
                   f"{st.get('pending_completions', 0):,} completions waiting for the watermark")
+    spool = body.get("capture_spool", {})
+    if spool:
+        table.add_row("capture spool (HTTP)", f"{spool.get('rows', 0):,} waiting, {spool.get('quarantined', 0):,} quarantined"
+                      + (f" (last error: {spool['last_error']})" if spool.get("last_error") else ""))
     for name, value in body["counts"].items():
         table.add_row(name, f"{value:,}")
     for d in body["dead_letters"]:
