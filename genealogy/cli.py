@@ -364,13 +364,15 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
         out.print_json(data=totals) if as_json else console.print(f"stopped: {totals}")
         return
     context = CfxContext()
-    summary = {"files": [], "rejects": 0, "remaining_in_spool": 0}
+    summary = {"files": [], "rejects": 0, "remaining_in_spool": 0, "quarantined_in_spool": 0}
     for name in files:
         # Streamed: memory stays bounded whatever the file's size (producers.ingest.publish_path).
         report = publish_path(s, name, format, spool, cfx_context=context if format == "cfx" else None, timeout=timeout)
         summary["files"].append({"file": name, **report["counts"], "reasons": report["reasons"]})
         summary["rejects"] += report["counts"]["rejects"]
         summary["remaining_in_spool"] = report["remaining"]
+        # Rows the broker refused for good, moved aside in the spool file (producers.spool quarantine).
+        summary["quarantined_in_spool"] += report["quarantined"]
     if as_json:
         out.print_json(data=summary)
     else:
@@ -382,7 +384,9 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
         if summary["remaining_in_spool"]:
             console.print(f"[yellow]{summary['remaining_in_spool']} records wait in the spool[/] for the broker; "
                           "they are safe and go with the next ingest")
-    if summary["rejects"] or summary["remaining_in_spool"]:
+    if summary["quarantined_in_spool"]:
+        console.print(f"[red]{summary['quarantined_in_spool']} spool rows refused by the broker[/] were quarantined in {spool.path}")
+    if summary["rejects"] or summary["remaining_in_spool"] or summary["quarantined_in_spool"]:
         raise typer.Exit(1)
 
 

@@ -555,7 +555,8 @@ def publish_path(settings: Settings, path: str | Path, fmt: str, spool: Spool, *
     finally:
         forwarder.close(timeout=1.0)
     return {"counts": {k: totals.get(k, 0) for k in ("values", "events", "batches", "rejects", "unknown", "untraceable")},
-            "reasons": first_reasons, "remaining": remaining, "backlog": forwarder.backlog()}
+            "reasons": first_reasons, "remaining": remaining, "quarantined": forwarder.quarantined_now,
+            "backlog": forwarder.backlog()}
 
 
 def run_bridge(settings: Settings, lines: Iterable[str | bytes], fmt: str, origin: str, spool: Spool,
