@@ -164,10 +164,13 @@ class JsonValues:
         return [self._close(f"not JSON: {reason}")] if self._open else []
 
     def _overflow(self) -> None:
-        """The open value just passed max_document: from now on only hash (and keep aside) its text."""
+        """The open value just passed max_document: from now on only hash (and keep aside) its text.
+        Without a store (input already in memory: an HTTP body) the text is kept for the dead letter,
+        and spool_rows puts it aside (fit_dead_letter)."""
         text = "\n".join(self._open).encode("utf-8", "surrogateescape")
         writer = self.store.writer().__enter__() if self.store is not None else None
-        self._over = {"excerpt": text[:EXCERPT], "size": 0, "hash": hashlib.sha256(), "writer": writer}
+        self._over = {"excerpt": text[:EXCERPT], "size": 0, "hash": hashlib.sha256(), "writer": writer,
+                      "whole": [] if writer is None else None}
         self._open = []
         self._write_over(text)
 
@@ -177,6 +180,8 @@ class JsonValues:
         over["hash"].update(data)
         if over["writer"] is not None:
             over["writer"].write(data)
+        else:
+            over["whole"].append(data)
 
     def _feed_over(self, line: str, counted: bool = False) -> list[Value]:
         """A line of a document over the limit: hashed (and kept aside; ``counted``: it already
@@ -198,7 +203,8 @@ class JsonValues:
         oversize = Oversize(over["excerpt"], over["size"], over["hash"].hexdigest(), kept)
         reason = (f"document of {oversize.describe(self.max_document, 'GENEALOGY_INGEST_MAX_DOCUMENT_BYTES')}"
                   + (f"; {also}" if also else ""))
-        value = Value(self._start, over["excerpt"].decode("utf-8", "surrogateescape"), error=reason)
+        text = over["excerpt"] if over["whole"] is None else b"".join(over["whole"])
+        value = Value(self._start, text.decode("utf-8", "surrogateescape"), error=reason)
         self._reset()
         return value
 

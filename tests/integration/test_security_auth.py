@@ -196,6 +196,21 @@ def test_a_50_mb_capture_does_not_block_later_captures(stack, admin):
     assert spool["rows"] == 0 and spool["quarantined"] == 0, spool
 
 
+def test_a_50_mb_pretty_printed_document_is_one_dead_letter_kept_whole(stack, admin):
+    """Over the document cap (16 MiB) in lines under the line cap: one dead letter, not thousands."""
+    before = drained_counts(stack, admin)
+    lines = ",\n".join(f'  "{n:08d}{"p" * 1000}"' for n in range(50_000))
+    body = ('{\n "type": "EPCISDocument",\n "padding": [\n' + lines + '\n ]\n}\n').encode()
+    code, answer = admin.post_bytes("/capture", body)
+    assert code == 202 and len(answer["rejects"]) == 1 and "document of" in answer["rejects"][0]["reason"], answer
+    after = drained_counts(stack, admin)
+    assert after["dead_letters"] == before["dead_letters"] + 1
+    assert {k: v for k, v in after.items() if k != "dead_letters"} == {k: v for k, v in before.items() if k != "dead_letters"}
+    [(size, reason)] = big_dead_letters(admin, "MAX_DOCUMENT_BYTES")
+    kept = reason.rsplit("full payload in ", 1)[1].rstrip("]").strip()
+    assert size <= stack.settings.dead_letter_max_payload_bytes and os.path.getsize(kept) == len(body.rstrip(b"\n"))
+
+
 def test_a_5_mb_one_line_ingest_file_does_not_block_later_ingests(stack, admin, tmp_path):
     """On the old code `genealogy ingest` of a 5 MB line spooled a dead letter too big for Kafka
     and stopped there: every later ingest on the data directory stayed in the spool."""

@@ -52,3 +52,16 @@ def test_an_in_memory_long_line_keeps_its_payload_for_the_spool_to_put_aside(tmp
     assert len(fitted["payload"]) == 512 and fitted["dead_letter_id"] == dead["dead_letter_id"]
     path = fitted["reason"].rsplit("full payload in ", 1)[1].rstrip("]")
     assert open(path, "rb").read() == dead["payload"]
+
+
+def test_an_in_memory_oversize_document_keeps_its_payload_for_the_spool_to_put_aside(tmp_path):
+    document = "{\n" + ",\n".join(f' "k{n}": "{"v" * 40}"' for n in range(20)) + "\n}"
+    ingestor = Ingestor("epcis", "http", max_document=300)
+    for line in document.splitlines(True):
+        ingestor.feed(line)
+    ingestor.close()
+    [dead] = ingestor.take().dead_letters
+    assert dead["payload"] == document.encode() and "document of" in dead["reason"]
+    fitted = fit_dead_letter(Settings(data_dir=tmp_path, dead_letter_max_payload_bytes=100), dead)
+    path = fitted["reason"].rsplit("full payload in ", 1)[1].rstrip("]")
+    assert open(path).read() == document and len(fitted["payload"]) == 100
