@@ -70,7 +70,7 @@ def main() -> None:
             p = Plant(units=args.units, lot_size=max(200, args.units // 5), faulty_units=max(10, args.units // 50),
                       seed=7, batch_size=40).generate()
             Publisher(s).publish(p.batches())
-            client = ServiceClient(s.service_url)
+            client = ServiceClient.for_settings(s)
             status = wait_drained(client, settle_s=3.0, timeout=600)
             idle = timings(client, p.faulty_lot, args.requests)
 
@@ -78,7 +78,7 @@ def main() -> None:
             analyst_answers: list[tuple[int, float, str]] = []
 
             def analyst():
-                own = ServiceClient(s.service_url)
+                own = ServiceClient.for_settings(s)
                 while not stop.is_set():
                     started = time.perf_counter()
                     code, body = own.post("/sql", {"sql": HEAVY})

@@ -52,7 +52,7 @@ def feed(stack: Stack, encoded: list[tuple[bytes, bytes]]) -> dict:
     for key, value in encoded:
         publisher.send_raw(key, value)
     publisher.flush()
-    return drained(ServiceClient(stack.settings.service_url))[1]
+    return drained(ServiceClient.for_settings(stack.settings))[1]
 
 
 def power_cut_and_restart(stack: Stack, probe: list[tuple[bytes, bytes]], probe_events: int) -> tuple[Stack, dict]:

@@ -81,7 +81,7 @@ def rss_curve(workdir: Path, total: int, step: int, lines: int) -> list[dict]:
     curve, events, t0 = [], 0, time.time()
     try:
         publisher = Publisher(stack.settings)
-        client = ServiceClient(stack.settings.service_url)
+        client = ServiceClient.for_settings(stack.settings)
         worker = next(p for name, p in stack.procs.items() if name.startswith("worker"))
         with ThreadPoolExecutor(1) as pool:
             upcoming = pool.submit(segment, 0)
@@ -153,7 +153,7 @@ def end_to_end(workdir: Path, workers: int, encoded: list[tuple[bytes, bytes]], 
         publisher.flush()
         produced = time.time() - t0
         cpu_produce = cpu_s(os.getpid())
-        done, st = drained(ServiceClient(stack.settings.service_url))
+        done, st = drained(ServiceClient.for_settings(stack.settings))
         cpu1 = {name: cpu_s(p.pid) for name, p in stack.procs.items()} | {"producer (this process)": cpu_produce}
         # Where the CPU went, per process, in CPU seconds per million capture events: on 2 cores, the
         # sum is what the machine must spend for a million events, whatever the number of workers.
@@ -171,7 +171,7 @@ def raw_consume(settings: Settings, messages: int) -> dict:
     from confluent_kafka import Consumer
 
     serde = schemas.local_serde()
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"raw-{time.time_ns()}",
+    consumer = Consumer({**settings.kafka_config, "group.id": f"raw-{time.time_ns()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([settings.topic_capture])
     seen = events = 0
@@ -249,7 +249,7 @@ def freshness(workdir: Path, rate: int, seconds: int, grace_ms: int) -> dict:
                 time.sleep(wait)
             publisher.send_raw(b["source"].encode(), serde.encode(schemas.CAPTURE, b))
         publisher.flush()
-        client = ServiceClient(stack.settings.service_url)
+        client = ServiceClient.for_settings(stack.settings)
         drained(client)
         code, body = client.post("/sql", {"sql": """
             SELECT relation = 'consumed' AS temporal, count(),
@@ -278,7 +278,7 @@ def hops(settings: Settings, client: ServiceClient, serde: schemas.Serde, start_
     the producers' clocks, on this same machine."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"hops-{time.time_ns()}",
+    reader = Consumer({**settings.kafka_config, "group.id": f"hops-{time.time_ns()}",
                        "enable.auto.commit": False, "enable.partition.eof": True})
     reader.assign([TopicPartition(t, p, OFFSET_BEGINNING) for t in (settings.topic_capture, settings.topic_edges)
                    for p in range(settings.partitions)])

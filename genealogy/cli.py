@@ -56,7 +56,7 @@ def _client(s: settings_mod.Settings, as_json: bool = False) -> ServiceClient:
     state = running_stack(s)
     if state is None and s.embedded_broker:
         _not_running(s, as_json)
-    client = ServiceClient(state["service_url"] if state else s.service_url)
+    client = ServiceClient.for_settings(s, state["service_url"] if state else None)
     try:
         code, health = client.get("/health")
     except (urllib3.exceptions.HTTPError, ValueError):
@@ -127,6 +127,10 @@ def up(data_dir: DataDir = None,
         _fail(str(exc))
     console.print(f"[green]ready[/]: query service {s.service_url}, broker {s.kafka_bootstrap}, "
                   f"{s.workers} worker(s), data in {s.data_dir.resolve()}; Ctrl-C or `genealogy down` to stop")
+    if s.auth == "tokens":
+        from genealogy.auth import admin_token_path
+
+        console.print(f"admin API token in {admin_token_path(s).resolve()} (the CLI sends it; `genealogy token create` for others)")
     supervisor = Supervisor(stack, max_restarts=s.supervisor_max_restarts, window_s=s.supervisor_window_s,
                             on_event=lambda message: console.print(f"[yellow]{message}[/]"))
     failed = None
@@ -180,6 +184,10 @@ def status(data_dir: DataDir = None, as_json: Json = False) -> None:
     st = body.get("worker_state", {})
     table.add_row("join state", f"{st.get('stations', 0):,} stations, {st.get('table_keys', 0):,} table keys, "
                   f"{st.get('pending_completions', 0):,} completions waiting for the watermark")
+    spool = body.get("capture_spool", {})
+    if spool:
+        table.add_row("capture spool (HTTP)", f"{spool.get('rows', 0):,} waiting, {spool.get('quarantined', 0):,} quarantined"
+                      + (f" (last error: {spool['last_error']})" if spool.get("last_error") else ""))
     for name, value in body["counts"].items():
         table.add_row(name, f"{value:,}")
     for d in body["dead_letters"]:
@@ -338,7 +346,7 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
     Bad records go to the dead letters with file, line and reason; the rest continues; the exit
     code is 1 when anything was rejected. Unknown CFX messages are kept (stage "unknown"), not errors."""
     from genealogy.producers.cfx import CfxContext
-    from genealogy.producers.ingest import FORMATS, follow as follow_file, ingest_path, publish_ingest, run_bridge
+    from genealogy.producers.ingest import FORMATS, follow as follow_file, publish_path, run_bridge
     from genealogy.producers.spool import Spool
 
     if format not in FORMATS:
@@ -364,14 +372,15 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
         out.print_json(data=totals) if as_json else console.print(f"stopped: {totals}")
         return
     context = CfxContext()
-    summary = {"files": [], "rejects": 0, "remaining_in_spool": 0}
+    summary = {"files": [], "rejects": 0, "remaining_in_spool": 0, "quarantined_in_spool": 0}
     for name in files:
-        result = ingest_path(name, format, cfx_context=context) if format == "cfx" else ingest_path(name, format)
-        report = publish_ingest(s, result, spool, timeout=timeout)
-        summary["files"].append({"file": name, **report.counts,
-                                 "reasons": [d["reason"] for d in result.dead_letters[:20]]})
-        summary["rejects"] += report.counts["rejects"]
-        summary["remaining_in_spool"] = report.remaining
+        # Streamed: memory stays bounded whatever the file's size (producers.ingest.publish_path).
+        report = publish_path(s, name, format, spool, cfx_context=context if format == "cfx" else None, timeout=timeout)
+        summary["files"].append({"file": name, **report["counts"], "reasons": report["reasons"]})
+        summary["rejects"] += report["counts"]["rejects"]
+        summary["remaining_in_spool"] = report["remaining"]
+        # Rows the broker refused for good, moved aside in the spool file (producers.spool quarantine).
+        summary["quarantined_in_spool"] += report["quarantined"]
     if as_json:
         out.print_json(data=summary)
     else:
@@ -383,7 +392,9 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
         if summary["remaining_in_spool"]:
             console.print(f"[yellow]{summary['remaining_in_spool']} records wait in the spool[/] for the broker; "
                           "they are safe and go with the next ingest")
-    if summary["rejects"] or summary["remaining_in_spool"]:
+    if summary["quarantined_in_spool"]:
+        console.print(f"[red]{summary['quarantined_in_spool']} spool rows refused by the broker[/] were quarantined in {spool.path}")
+    if summary["rejects"] or summary["remaining_in_spool"] or summary["quarantined_in_spool"]:
         raise typer.Exit(1)
 
 
@@ -487,9 +498,15 @@ def _publish_corrupt(s: settings_mod.Settings) -> None:
 @app.command()
 def serve(no_sink: Annotated[bool, typer.Option("--no-sink", help="Answer queries only; another process runs the sink")] = False) -> None:
     """Run the query service and the Kafka -> ClickHouse sink in this process, until SIGINT or SIGTERM."""
+    from genealogy.auth import AuthNotConfigured, check_bind
     from genealogy.service import serve as run
 
-    run(settings_mod.load(), with_sink=not no_sink)
+    s = settings_mod.load()
+    try:
+        check_bind(s)  # before opening the store: refuse at once, with the reason
+    except AuthNotConfigured as exc:
+        _fail(str(exc), code=2)
+    run(s, with_sink=not no_sink)
 
 
 @app.command()
@@ -508,6 +525,68 @@ def objectstore(root: Annotated[Path, typer.Option(help="Directory that holds th
     from genealogy.objectstore import serve as run
 
     run(root, port, fsync=fsync)
+
+
+token_app = typer.Typer(no_args_is_help=True, help="API tokens of the query service (stored hashed under the data directory).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(role: Annotated[str, typer.Option(help="reader (GET queries), capture (POST /capture, /events) or admin (everything)")],
+                 label: Annotated[str, typer.Option(help="Who or what uses it, for `genealogy token list`")] = "",
+                 data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Create a token; it is printed once and only its SHA-256 is stored. A running service accepts it at once."""
+    from genealogy.auth import ROLES, TokenStore
+
+    if role not in ROLES:
+        _fail(f"--role must be one of {', '.join(ROLES)}", as_json, code=2)
+    token, entry = TokenStore.for_settings(_settings(data_dir)).create(role, label)
+    if as_json:
+        out.print_json(data={"token": token, **entry.public()})
+    else:
+        console.print(f"{entry.role} token {entry.id} created; it is shown only now:")
+        out.print(token, soft_wrap=True)
+
+
+@token_app.command("bootstrap")
+def token_bootstrap(data_dir: DataDir = None) -> None:
+    """Make sure an admin token exists in <data-dir>/run/admin.token (0600), as `genealogy up` does: a
+    deployment's service container runs it before `genealogy serve` (idempotent)."""
+    from genealogy.auth import admin_token_path, ensure_admin_token
+
+    s = _settings(data_dir)
+    ensure_admin_token(s)
+    console.print(f"admin token in {admin_token_path(s)}")
+
+
+@token_app.command("list")
+def token_list(data_dir: DataDir = None, as_json: Json = False) -> None:
+    """The tokens (id, role, label, creation time; never the token)."""
+    from genealogy.auth import TokenStore
+
+    entries = [e.public() for e in TokenStore.for_settings(_settings(data_dir)).entries()]
+    if as_json:
+        out.print_json(data=entries)
+        return
+    table = Table("id", "role", "label", "created")
+    for e in entries:
+        table.add_row(e["id"], e["role"], e["label"], e["created"])
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(help="The id `genealogy token list` shows (or its first 6+ characters)")],
+                 data_dir: DataDir = None, as_json: Json = False) -> None:
+    """Revoke a token; a running service refuses it from its next request on."""
+    from genealogy.auth import TokenStore
+
+    try:
+        gone = TokenStore.for_settings(_settings(data_dir)).revoke(token_id)
+    except ValueError as exc:
+        _fail(str(exc), as_json, code=2)
+    if not gone:
+        _fail(f"no token with id {token_id}", as_json)
+    out.print_json(data=[e.public() for e in gone]) if as_json else console.print(f"revoked {', '.join(e.id for e in gone)}")
 
 
 spool_app = typer.Typer(no_args_is_help=True, help="The durable capture spool in front of Kafka.")

@@ -8,22 +8,36 @@ import time
 
 import urllib3
 
+from genealogy import auth
+from genealogy.settings import Settings
+
 
 class ServiceClient:
-    """HTTP client of the query service, used by the CLI."""
+    """HTTP client of the query service, used by the CLI. ``token``: the bearer token it sends."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0):
+    def __init__(self, base_url: str, timeout: float = 60.0, token: str | None = None):
         self.base_url = base_url
         self.http = urllib3.PoolManager(timeout=urllib3.Timeout(connect=2.0, read=timeout), retries=False)
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    @classmethod
+    def for_settings(cls, settings: Settings, base_url: str | None = None, **kwargs) -> "ServiceClient":
+        """The client of the service of these settings, with their token: GENEALOGY_API_TOKEN, else the
+        admin token `genealogy up` wrote into the data directory."""
+        token = settings.api_token or auth.read_admin_token(settings)
+        return cls(base_url or settings.service_url, token=token, **kwargs)
 
     def get(self, path: str, **params) -> tuple[int, dict]:
         query = {k: v for k, v in params.items() if v is not None}
-        response = self.http.request("GET", f"{self.base_url}{path}", fields=query)
+        response = self.http.request("GET", f"{self.base_url}{path}", fields=query, headers=self.headers)
         return response.status, json.loads(response.data or b"{}")
 
     def post(self, path: str, body: dict) -> tuple[int, dict]:
-        response = self.http.request("POST", f"{self.base_url}{path}", body=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+        return self.post_bytes(path, json.dumps(body).encode())
+
+    def post_bytes(self, path: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+        response = self.http.request("POST", f"{self.base_url}{path}", body=body,
+                                     headers={**self.headers, "Content-Type": content_type})
         return response.status, json.loads(response.data or b"{}")
 
     def healthy(self) -> bool:

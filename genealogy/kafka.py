@@ -64,7 +64,7 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def ensure_topics(settings: Settings, timeout: float = 20.0) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config)
     wanted = [settings.topic_capture, settings.topic_edges, settings.topic_dead_letters]
     for attempt in Retrying(retry=retry_if_exception_type(KafkaException), stop=stop_after_delay(timeout),
                             wait=wait_fixed(0.2), reraise=True):
@@ -89,7 +89,7 @@ def end_offsets(settings: Settings, partitions: list[TopicPartition], timeout: f
     last offset is the true end. Against Kafka this reads one message per
     partition and agrees with the watermark.
     """
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "genealogy-end-offsets",
+    reader = Consumer({**settings.kafka_config, "group.id": "genealogy-end-offsets",
                        "enable.auto.commit": False, "enable.partition.eof": True})
     try:
         ends, start = {}, []
@@ -122,7 +122,7 @@ def committed(settings: Settings, group: str, partitions: list[TopicPartition], 
     """The group's committed offset of each partition; negative where it has committed none."""
     if not partitions:
         return {}
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**settings.kafka_config, "group.id": group, "enable.auto.commit": False})
     try:
         return {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(partitions, timeout=timeout)}
     finally:
@@ -131,7 +131,7 @@ def committed(settings: Settings, group: str, partitions: list[TopicPartition], 
 
 def read_range(settings: Settings, topic: str, partition: int, start: int, end: int, timeout: float = 10.0) -> list:
     """Messages [start, end) of one partition, read outside any consumer group."""
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "genealogy-range-reader",
+    reader = Consumer({**settings.kafka_config, "group.id": "genealogy-range-reader",
                        "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     try:
         reader.assign([TopicPartition(topic, partition, start)])
@@ -159,7 +159,7 @@ def lag(settings: Settings, group: str, topics: list[str], timeout: float = 5.0,
 def lags(settings: Settings, groups: dict[str, list[str]], timeout: float = 5.0,
          handled: dict[str, dict[str, dict[int, int]]] | None = None) -> dict[str, dict[str, int]]:
     """lag() for several groups, reading the topic metadata and each partition's end once."""
-    metadata = AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=timeout)
+    metadata = AdminClient(settings.kafka_config).list_topics(timeout=timeout)
     partitions = {(t, p): TopicPartition(t, p) for topics in groups.values()
                   for t in topics if t in metadata.topics for p in metadata.topics[t].partitions}
     done = {group: committed(settings, group, [tp for (t, _), tp in partitions.items() if t in topics], timeout)
@@ -180,6 +180,6 @@ def group_states(settings: Settings, groups: list[str], timeout: float = 5.0) ->
 
     Anything else (``preparing_rebalance``, ``completing_rebalance``, ``empty``, ``unknown``) means
     that no consumer is working on the partitions right now, whatever the lag says."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config)
     futures = admin.describe_consumer_groups(groups, request_timeout=timeout)
     return {group: future.result(timeout=timeout).state.name.lower() for group, future in futures.items()}

@@ -33,7 +33,7 @@ import time
 
 from aiohttp import web
 
-from genealogy import schemas
+from genealogy import auth, schemas
 from genealogy import kafka
 from genealogy.domain import ids, recall
 from genealogy.sinks import granularity, linkage
@@ -452,7 +452,7 @@ def make_app(service: Service) -> web.Application:
         return web.json_response({"columns": columns, "rows": rows}, dumps=_dumps)
 
     app = web.Application(client_max_size=max(settings.sql_max_body_bytes, settings.capture_max_body_bytes),
-                          middlewares=[json_errors])
+                          middlewares=[*auth.middlewares(service.settings), json_errors])
     app.add_routes([web.get("/health", health), web.get("/status", status), web.get("/recall", do_recall),
                     web.get("/trace", do_trace), web.get("/linkage", do_linkage), web.get("/granularity", do_granularity),
                     web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture),

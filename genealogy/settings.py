@@ -33,6 +33,16 @@ class Settings(BaseSettings):
     broker_fsync: bool = Field(default=True, description=(
         "The object store fsyncs each object (and its directory) before acknowledging it: a power cut loses "
         "nothing acknowledged. Off: a kill -9 still loses nothing (the page cache survives it), a power cut may"))
+    # Kafka security (docs/security.md#kafka): the librdkafka options every client of the pipeline gets
+    # (producers, the sink, admin and offset readers), and the same for Faust's aiokafka clients.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = Field(default="", repr=False)
+    kafka_ssl_ca_location: str = Field(default="", description="CA bundle (PEM) that signed the brokers' certificates")
+    kafka_ssl_certificate_location: str = Field(default="", description="Client certificate (PEM), for mutual TLS")
+    kafka_ssl_key_location: str = Field(default="", description="Client key (PEM), for mutual TLS")
+    kafka_ssl_key_password: str = Field(default="", repr=False)
     partitions: int = 4
     topic_capture: str = "genealogy.capture"
     topic_edges: str = "genealogy.edges"
@@ -99,6 +109,30 @@ class Settings(BaseSettings):
     # between tries; while it cannot write, /health answers 503.
     sink_retry_max_s: float = 30.0
 
+    # Who may call it (genealogy.auth, docs/security.md).
+    auth: Literal["tokens", "off"] = Field(default="tokens", description=(
+        "tokens: every route but /health needs a bearer token (roles reader, capture, admin); "
+        "off: no tokens, refused unless http_host is a loopback address"))
+    tokens_file: Path | None = Field(default=None, description="Hashed API tokens; default <data_dir>/auth/tokens.json")
+    http_allowed_hosts: str = Field(default="", description=(
+        "Comma-separated host names / addresses clients use to reach the service, besides localhost and "
+        "http_host: any other Host header is refused (DNS rebinding)"))
+    # A client's token (the CLI against a deployment); never passed on to child processes.
+    api_token: str = Field(default="", exclude=True, repr=False)
+
+    # Input limits (producers.ingest, producers.oversize, producers.spool; docs/security.md#limits).
+    ingest_max_line_bytes: int = Field(default=16 * 1024 * 1024, description=(
+        "A longer input line is a dead letter (excerpt, size, SHA-256; the whole line kept under "
+        "<data_dir>/dead-letters), never parsed nor held in memory"))
+    ingest_max_document_bytes: int = Field(default=16 * 1024 * 1024, description=(
+        "A longer multi-line JSON document is a dead letter the same way"))
+    dead_letter_max_payload_bytes: int = Field(default=64 * 1024, description=(
+        "A dead letter carries at most this much of its payload (Kafka refuses messages over ~1 MB); the whole "
+        "payload goes to <data_dir>/dead-letters/<sha256>"))
+    spool_max_attempts: int = Field(default=3, description=(
+        "A spool row the broker refuses for good (too large, invalid) this many times is moved to the spool's "
+        "quarantine table, so it never blocks the rows behind it"))
+
     # `genealogy up` starts a child that died again, after a backoff; one that dies more often than this
     # within supervisor_window_s stops the stack (0: the first death of any child stops it).
     supervisor_max_restarts: int = 5
@@ -124,6 +158,26 @@ class Settings(BaseSettings):
         return self.bootstrap_servers or f"127.0.0.1:{self.broker_port}"
 
     @property
+    def kafka_config(self) -> dict[str, str]:
+        """librdkafka's connection options: bootstrap servers and, when set, TLS and SASL."""
+        config = {"bootstrap.servers": self.kafka_bootstrap}
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return config
+        config["security.protocol"] = protocol.lower()
+        if protocol.startswith("SASL"):
+            config.update({"sasl.mechanism": self.kafka_sasl_mechanism, "sasl.username": self.kafka_sasl_username,
+                           "sasl.password": self.kafka_sasl_password})
+        if protocol.endswith("SSL"):
+            for option, value in (("ssl.ca.location", self.kafka_ssl_ca_location),
+                                  ("ssl.certificate.location", self.kafka_ssl_certificate_location),
+                                  ("ssl.key.location", self.kafka_ssl_key_location),
+                                  ("ssl.key.password", self.kafka_ssl_key_password)):
+                if value:
+                    config[option] = value
+        return config
+
+    @property
     def store_dsn(self) -> str:
         return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
 
@@ -132,8 +186,14 @@ class Settings(BaseSettings):
         return self.analyst_dsn or self.store_dsn
 
     @property
+    def tokens_path(self) -> Path:
+        return self.tokens_file or self.data_dir / "auth" / "tokens.json"
+
+    @property
     def service_url(self) -> str:
-        return f"http://{self.http_host}:{self.http_port}"
+        # A wildcard bind is reached on loopback: "0.0.0.0" is not a Host the service accepts (genealogy.auth).
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(self.http_host, self.http_host)
+        return f"http://{host}:{self.http_port}"
 
     def child_env(self) -> dict[str, str]:
         """Environment for a child process so that it resolves the same settings."""
@@ -144,6 +204,7 @@ class Settings(BaseSettings):
             else:
                 env[f"GENEALOGY_{name.upper()}"] = str(value)
         env["GENEALOGY_DATA_DIR"] = str(self.data_dir.resolve())
+        env.pop("GENEALOGY_API_TOKEN", None)  # a client's credential is not the children's business
         return env
 
 

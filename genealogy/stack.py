@@ -24,7 +24,7 @@ from pathlib import Path
 import urllib3
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from genealogy import kafka
+from genealogy import auth, kafka
 from genealogy.client import ServiceClient
 from genealogy.settings import Settings
 
@@ -134,6 +134,9 @@ class Stack:
                 progress(f"broker: Tansu on 127.0.0.1:{s.broker_port} ({s.broker_storage})")
                 self._start_broker()
             kafka.ensure_topics(s)
+            if s.auth == "tokens":
+                # The CLI and the tests on this data directory read it from there (ServiceClient.for_settings).
+                auth.ensure_admin_token(s)
             if kafka.port_in_use(s.http_port, s.http_host):
                 raise StackError(f"port {s.http_port} is taken; set GENEALOGY_HTTP_PORT or --http-port")
             progress(f"store + sink + query service on {s.service_url} ({'embedded chdb' if not s.clickhouse_dsn else 'ClickHouse server'})")

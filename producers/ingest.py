@@ -61,9 +61,14 @@ from genealogy.settings import Settings
 from genealogy.producers import epcis
 from genealogy.producers.cfx import CfxContext, map_cfx
 from genealogy.producers.mapping import Bad, Event, MapResult, by_station
+from genealogy.producers.oversize import Oversize, PayloadStore, capped_lines
 from genealogy.producers.spool import Forwarder, Spool
 
 FORMATS = ("epcis", "cfx")
+# The caps' defaults are the settings' (GENEALOGY_INGEST_MAX_LINE_BYTES, ..._DOCUMENT_BYTES).
+MAX_LINE = Settings.model_fields["ingest_max_line_bytes"].default
+MAX_DOCUMENT = Settings.model_fields["ingest_max_document_bytes"].default
+EXCERPT = 4096
 
 
 # --- JSON values out of lines ------------------------------------------------------------
@@ -92,16 +97,23 @@ class JsonValues:
     than a lone bracket) still open when the next line is a whole value: a truncated JSON line.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_document: int = MAX_DOCUMENT, store: PayloadStore | None = None) -> None:
         self._n = 0
         self._open: list[str] = []
         self._start = 0
         self._depth = 0
+        # A document over max_document: only its excerpt, size and hash are kept (the whole of it
+        # streamed into the store, when there is one) while its brackets are counted to its end.
+        self.max_document, self.store = max_document, store
+        self._size = 0
+        self._over: dict | None = None
 
     def feed(self, line: str) -> list[Value]:
         self._n += 1
         line = line.rstrip("\r\n")
         out: list[Value] = []
+        if self._over is not None:
+            return self._feed_over(line)
         alone = _loads(line) if line[:1] in "{[" else None
         if len(self._open) == 1 and self._open[0].strip() not in ("{", "[") and alone is not None:
             out.append(self._close("not JSON: not closed before the next line starts a new value"))
@@ -113,6 +125,11 @@ class JsonValues:
                 return out
             self._start = self._n
         self._open.append(line)
+        self._size += len(line) + 1
+        if self._size > self.max_document:
+            self._overflow()
+            out.extend(self._feed_over(line, counted=True))
+            return out
         bare = _STRINGS.sub("", line)
         if '"' in bare:
             out.append(self._close(f"not JSON: {'the line' if self._n == self._start else f'line {self._n}'} ends inside a string"))
@@ -131,7 +148,65 @@ class JsonValues:
 
     def close(self) -> list[Value]:
         """End of input: a value still open is malformed."""
+        if self._over is not None:
+            return [self._close_over("the input ends before the document is closed")]
         return [self._close("not JSON: the input ends before the value is closed")] if self._open else []
+
+    def skip_line(self) -> int:
+        """Count a line that is not fed (an oversize one); returns its number."""
+        self._n += 1
+        return self._n
+
+    def interrupt(self, reason: str) -> list[Value]:
+        """Something that is not a line of the open value came (an oversize line): close it as malformed."""
+        if self._over is not None:
+            return [self._close_over(reason)]
+        return [self._close(f"not JSON: {reason}")] if self._open else []
+
+    def _overflow(self) -> None:
+        """The open value just passed max_document: from now on only hash (and keep aside) its text.
+        Without a store (input already in memory: an HTTP body) the text is kept for the dead letter,
+        and spool_rows puts it aside (fit_dead_letter)."""
+        text = "\n".join(self._open).encode("utf-8", "surrogateescape")
+        writer = self.store.writer().__enter__() if self.store is not None else None
+        self._over = {"excerpt": text[:EXCERPT], "size": 0, "hash": hashlib.sha256(), "writer": writer,
+                      "whole": [] if writer is None else None}
+        self._open = []
+        self._write_over(text)
+
+    def _write_over(self, data: bytes) -> None:
+        over = self._over
+        over["size"] += len(data)
+        over["hash"].update(data)
+        if over["writer"] is not None:
+            over["writer"].write(data)
+        else:
+            over["whole"].append(data)
+
+    def _feed_over(self, line: str, counted: bool = False) -> list[Value]:
+        """A line of a document over the limit: hashed (and kept aside; ``counted``: it already
+        is), its brackets counted so that the document's end is found."""
+        if not counted:
+            self._write_over(b"\n" + line.encode("utf-8", "surrogateescape"))
+        bare = _STRINGS.sub("", line)
+        if '"' in bare:
+            return [self._close_over(f"line {self._n} ends inside a string")]
+        self._depth += bare.count("{") + bare.count("[") - bare.count("}") - bare.count("]")
+        return [self._close_over("")] if self._depth <= 0 else []
+
+    def _close_over(self, also: str) -> Value:
+        over, self._over = self._over, None
+        kept = None
+        if over["writer"] is not None:
+            over["writer"].__exit__(None, None, None)
+            kept = over["writer"].path
+        oversize = Oversize(over["excerpt"], over["size"], over["hash"].hexdigest(), kept)
+        reason = (f"document of {oversize.describe(self.max_document, 'GENEALOGY_INGEST_MAX_DOCUMENT_BYTES')}"
+                  + (f"; {also}" if also else ""))
+        text = over["excerpt"] if over["whole"] is None else b"".join(over["whole"])
+        value = Value(self._start, text.decode("utf-8", "surrogateescape"), error=reason)
+        self._reset()
+        return value
 
     def _close(self, reason: str) -> Value:
         value = Value(self._start, "\n".join(self._open), error=reason)
@@ -139,7 +214,7 @@ class JsonValues:
         return value
 
     def _reset(self) -> None:
-        self._open, self._depth = [], 0
+        self._open, self._depth, self._size = [], 0, 0
 
 
 def _loads(text: str) -> tuple[Any] | None:
@@ -172,13 +247,15 @@ class Ingestor:
     """Incremental ingest of one feed: ``feed`` lines, ``take`` what was mapped so far."""
 
     def __init__(self, fmt: str, origin: str, *, batch_size: int = 500, batch_prefix: str | None = None,
-                 cfx_context: CfxContext | None = None):
+                 cfx_context: CfxContext | None = None, max_line: int = MAX_LINE, max_document: int = MAX_DOCUMENT,
+                 store: PayloadStore | None = None):
         if fmt not in FORMATS:
             raise ValueError(f"format {fmt!r}: expected one of {', '.join(FORMATS)}")
         self.fmt, self.origin, self.batch_size = fmt, origin, batch_size
         self.batch_prefix = batch_prefix or f"ingest:{origin}"
         self.context = cfx_context or CfxContext()
-        self._values = JsonValues()
+        self.max_line, self.store = max_line, store
+        self._values = JsonValues(max_document, store)
         self._batches = 0
         self._pending = IngestResult()
         self._events: list[Event] = []
@@ -188,15 +265,43 @@ class Ingestor:
         return len(self._events)
 
     @property
+    def pending_values(self) -> int:
+        return self._pending.values
+
+    @property
     def has_pending(self) -> bool:
         return bool(self._events or self._pending)
 
-    def feed(self, line: str | bytes) -> None:
+    def feed(self, line: str | bytes | Oversize) -> None:
+        payload = None
+        if isinstance(line, (str, bytes)) and len(line) > self.max_line:
+            payload = line.encode("utf-8", "surrogateescape") if isinstance(line, str) else line
+            line = self._oversize(payload)
+            if line.kept is not None:
+                payload = None
+        if isinstance(line, Oversize):
+            # Never parsed: a line over the cap is a dead letter whatever it holds. Its payload is the
+            # excerpt (the store has the whole line), or the whole line when it was in memory anyway
+            # and no store was given (spool_rows then keeps it aside: too big for a Kafka message).
+            for value in self._values.interrupt("an oversize line came before the value was closed"):
+                self._value(value)
+            n = self._values.skip_line()
+            reason = f"line of {line.describe(self.max_line, 'GENEALOGY_INGEST_MAX_LINE_BYTES')}"
+            text = (payload or line.excerpt).decode("utf-8", "surrogateescape")
+            self._value(Value(n, text, error=reason))
+            return
         if isinstance(line, bytes):
             # surrogateescape: undecodable bytes survive into the dead letter's payload unchanged
             line = line.decode("utf-8", "surrogateescape")
         for value in self._values.feed(line):
             self._value(value)
+
+    def _oversize(self, line: bytes) -> Oversize:
+        """A long line already in memory (an HTTP body): kept aside whole when there is a store."""
+        if self.store is not None:
+            sha, path = self.store.keep(line)
+            return Oversize(line[:EXCERPT], len(line), sha, path)
+        return Oversize(line[:EXCERPT], len(line), hashlib.sha256(line).hexdigest(), None)
 
     def close(self) -> None:
         for value in self._values.close():
@@ -355,12 +460,28 @@ def follow(path: str | Path, stop: threading.Event, poll_s: float = 0.2) -> Iter
 
 # --- to Kafka, through the spool -------------------------------------------------------------
 
+def payload_store(settings: Settings) -> PayloadStore:
+    """Where whole payloads too big for a dead letter are kept: <data_dir>/dead-letters/<sha256>."""
+    return PayloadStore(settings.data_dir / "dead-letters")
+
+
+def fit_dead_letter(settings: Settings, record: dict) -> dict:
+    """A dead letter small enough for Kafka: a payload over dead_letter_max_payload_bytes is kept
+    whole in the payload store and the record carries its excerpt, size, hash and file."""
+    payload, limit = record["payload"], settings.dead_letter_max_payload_bytes
+    if len(payload) <= limit:
+        return record
+    sha, path = payload_store(settings).keep(payload)
+    note = f" [payload of {len(payload):,} bytes cut to {limit:,}; sha256 {sha}; full payload in {path}]"
+    return {**record, "payload": payload[:limit], "reason": record["reason"][:4096] + note}
+
+
 def spool_rows(settings: Settings, result: IngestResult, serde: schemas.Serde | None = None,
                keep_unknown: bool = True) -> list[tuple[str, bytes, bytes]]:
     """(topic, key, value) of every batch (key = station) and every dead letter (key = origin)."""
     serde = serde or schemas.serde_for(settings)
     rows = [(settings.topic_capture, b["source"].encode(), serde.encode(schemas.CAPTURE, b)) for b in result.batches]
-    letters = result.dead_letters + (result.unknown if keep_unknown else [])
+    letters = [fit_dead_letter(settings, d) for d in result.dead_letters + (result.unknown if keep_unknown else [])]
     rows += [(settings.topic_dead_letters, d["topic"].encode(), serde.encode(schemas.DEAD_LETTER, d)) for d in letters]
     return rows
 
@@ -390,6 +511,58 @@ def publish_ingest(settings: Settings, result: IngestResult, spool: Spool, *, ti
     finally:
         forwarder.close(timeout=1.0)  # forward_all has waited already
     return PublishReport(len(ids), remaining, forwarder.backlog(), result.counts)
+
+
+def publish_path(settings: Settings, path: str | Path, fmt: str, spool: Spool, *, origin: str | None = None,
+                 cfx_context: CfxContext | None = None, timeout: float = 60.0, chunk_values: int = 5_000,
+                 reasons: int = 20) -> dict:
+    """``genealogy ingest`` of one file (or "-"), in bounded memory whatever its size: lines are read
+    with the line cap (``capped_lines``), mapped and spooled ``chunk_values`` values at a time while a
+    forwarder drains the spool to Kafka beside it; then up to ``timeout`` s more for the broker's acks.
+    Returns the counts, the first ``reasons`` reject reasons and the rows still spooled."""
+    origin = origin or ("stdin" if str(path) == "-" else Path(path).name)
+    serde = schemas.serde_for(settings)
+    store = payload_store(settings)
+    ingestor = Ingestor(fmt, origin, cfx_context=cfx_context, max_line=settings.ingest_max_line_bytes,
+                        max_document=settings.ingest_max_document_bytes, store=store)
+    totals: dict[str, int] = {}
+    first_reasons: list[str] = []
+
+    def spool_chunk() -> None:
+        chunk = ingestor.take()
+        if not chunk:
+            return
+        spool_ingest(settings, chunk, spool, serde=serde)
+        for k, v in chunk.counts.items():
+            totals[k] = totals.get(k, 0) + v
+        first_reasons.extend(d["reason"] for d in chunk.dead_letters[: max(0, reasons - len(first_reasons))])
+
+    forwarder = Forwarder(settings, spool)
+    forwarding = threading.Event()
+    thread = threading.Thread(target=forwarder.run, args=(forwarding,), name="spool-forwarder", daemon=True)
+    thread.start()
+    try:
+        f = sys.stdin.buffer if str(path) == "-" else open(path, "rb")
+        try:
+            for line in capped_lines(f, settings.ingest_max_line_bytes, store, EXCERPT):
+                ingestor.feed(line)
+                if ingestor.pending_values >= chunk_values:
+                    spool_chunk()
+            ingestor.close()
+            spool_chunk()
+        finally:
+            if f is not sys.stdin.buffer:
+                f.close()
+    finally:
+        forwarding.set()
+        thread.join()
+    try:
+        remaining = forwarder.forward_all(timeout)
+    finally:
+        forwarder.close(timeout=1.0)
+    return {"counts": {k: totals.get(k, 0) for k in ("values", "events", "batches", "rejects", "unknown", "untraceable")},
+            "reasons": first_reasons, "remaining": remaining, "quarantined": forwarder.quarantined_now,
+            "backlog": forwarder.backlog()}
 
 
 def run_bridge(settings: Settings, lines: Iterable[str | bytes], fmt: str, origin: str, spool: Spool,

@@ -32,7 +32,7 @@ def producer_config(settings: Settings) -> dict:
     delivery = ({"enable.idempotence": False, "max.in.flight.requests.per.connection": 1} if settings.is_tansu
                 else {"enable.idempotence": True})
     return {
-        "bootstrap.servers": settings.kafka_bootstrap,
+        **settings.kafka_config,
         **delivery,
         "acks": "all",
         # Java-compatible key hashing: Faust (aiokafka) and Kafka Streams place a key on the same
@@ -86,7 +86,7 @@ class Publisher:
 
 
 def check_broker(settings: Settings, timeout: float = 5.0) -> None:
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    producer = Producer(settings.kafka_config)
     try:
         producer.list_topics(timeout=timeout)
     except KafkaException as exc:

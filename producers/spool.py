@@ -56,7 +56,24 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 -- Producer progress (e.g. "appended up to batch n"), written in the same transaction as the rows.
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- Rows the broker refused for good (too large, invalid), moved out of the spool's way so that the
+-- rows behind them go on; kept with the reason, for an operator to look at or re-send.
+CREATE TABLE IF NOT EXISTS quarantine (
+    id             INTEGER PRIMARY KEY,
+    topic          TEXT    NOT NULL,
+    key            BLOB,
+    value          BLOB    NOT NULL,
+    appended_ms    INTEGER NOT NULL,
+    reason         TEXT    NOT NULL,
+    quarantined_ms INTEGER NOT NULL
+);
 """
+
+# Errors no retry can cure: the message itself is refused. Any other error (broker down, timeouts,
+# leader changes) leaves the row where it is, however long it lasts: that is what the spool is for.
+PERMANENT_ERRORS = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.INVALID_MSG, KafkaError.INVALID_MSG_SIZE,
+                              KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError._BAD_MSG,
+                              KafkaError._INVALID_ARG})
 
 
 class Row(NamedTuple):
@@ -146,6 +163,21 @@ class Spool:
         with self._tx() as db:
             return db.executemany("DELETE FROM spool WHERE id = ?", ((i,) for i in ids)).rowcount
 
+    def quarantine(self, row_id: int, reason: str) -> bool:
+        """Move a row out of the spool into the quarantine table (one transaction); False if it was gone."""
+        now = int(time.time() * 1000)
+        with self._tx() as db:
+            moved = db.execute("INSERT OR IGNORE INTO quarantine (id, topic, key, value, appended_ms, reason, quarantined_ms) "
+                               "SELECT id, topic, key, value, appended_ms, ?, ? FROM spool WHERE id = ?",
+                               (reason, now, row_id)).rowcount
+            db.execute("DELETE FROM spool WHERE id = ?", (row_id,))
+        return bool(moved)
+
+    def quarantined(self) -> list[dict]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, topic, length(value), reason, quarantined_ms FROM quarantine ORDER BY id").fetchall()
+        return [dict(zip(("id", "topic", "bytes", "reason", "quarantined_ms"), r)) for r in rows]
+
     def __len__(self) -> int:
         with self._lock:
             return self._db.execute("SELECT count(*) FROM spool").fetchone()[0]
@@ -165,8 +197,9 @@ class Spool:
         with self._lock:
             rows, size, oldest = self._db.execute(
                 "SELECT count(*), coalesce(sum(length(value)), 0), min(appended_ms) FROM spool").fetchone()
+            quarantined = self._db.execute("SELECT count(*) FROM quarantine").fetchone()[0]
         return {"rows": rows, "bytes": size, "oldest_age_s": None if oldest is None else round(time.time() - oldest / 1000, 1),
-                "high_water": self.high_water()}
+                "high_water": self.high_water(), "quarantined": quarantined}
 
     def close(self) -> None:
         with self._lock:
@@ -195,8 +228,12 @@ class Forwarder:
         self.window = window  # rows handed to librdkafka and not yet acked: bounds memory during an outage
         self.backoff_min, self.backoff_max = backoff_s
         # librdkafka's own log lines (connection refused, ...) go to Python logging, not stderr.
-        self._config = {**producer_config(settings), "error_cb": self._on_error, "logger": log, **(config or {})}
+        # librdkafka's queue capped at 64 MB (default 1 GB): what waits for the broker waits in the spool, on disk.
+        self._config = {**producer_config(settings), "queue.buffering.max.kbytes": 65_536,
+                        "error_cb": self._on_error, "logger": log, **(config or {})}
         self.producer = Producer(self._config)
+        self.max_attempts = max(1, settings.spool_max_attempts)
+        self._refused: dict[int, int] = {}   # row id -> permanent refusals so far (see PERMANENT_ERRORS)
         self._in_flight: set[int] = set()
         self._acked: list[int] = []
         self._cursor = 0                 # highest id handed to the producer; rewound when a delivery fails
@@ -204,6 +241,7 @@ class Forwarder:
         self._backoff = self.backoff_min
         self._fatal = False
         self.delivered = 0
+        self.quarantined_now = 0   # rows this forwarder moved to the quarantine table
         self.failures = 0
         self.last_error: str | None = None
         self._last_ack: float | None = None
@@ -221,6 +259,7 @@ class Forwarder:
         self.last_error = f"delivery of spool row {row_id} to {msg.topic()}: {err}"
         self._fatal = self._fatal or err.fatal()
         self._cursor = min(self._cursor, row_id - 1)  # the row is still spooled: send it again, in order
+        self._refused_by_broker(row_id, err)
         self._retry_at = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.backoff_max)
 
@@ -233,7 +272,8 @@ class Forwarder:
         if time.monotonic() < self._retry_at:
             return
         while len(self._in_flight) < self.window:
-            rows = self.spool.pending(limit=self.window - len(self._in_flight), after_id=self._cursor)
+            # At most 500 rows read at a time: a row can be a 500-event batch, the window is counted in rows.
+            rows = self.spool.pending(limit=min(500, self.window - len(self._in_flight)), after_id=self._cursor)
             if not rows:
                 return
             for row in rows:
@@ -249,11 +289,30 @@ class Forwarder:
                     self.failures += 1
                     self.last_error = f"produce spool row {row.id}: {exc}"
                     self._fatal = self._fatal or exc.args[0].fatal()
+                    if self._refused_by_broker(row.id, exc.args[0]):
+                        self._cursor = row.id  # moved aside: go on with the rows behind it at once
+                        continue
                     self._retry_at = time.monotonic() + self._backoff
                     self._backoff = min(self._backoff * 2, self.backoff_max)
                     return
                 self._cursor = row.id
                 self._in_flight.add(row.id)
+
+    def _refused_by_broker(self, row_id: int, err: KafkaError) -> bool:
+        """Count a permanent refusal of a row; at the max_attempts-th, move the row to the quarantine
+        table. True when it was moved (the rows behind it are no longer held up)."""
+        code = getattr(err, "code", None)  # a KafkaError; anything else (no code) is not known to be permanent
+        if code is None or code() not in PERMANENT_ERRORS:
+            return False
+        tries = self._refused[row_id] = self._refused.get(row_id, 0) + 1
+        if tries < self.max_attempts:
+            return False
+        del self._refused[row_id]
+        reason = f"refused {tries} times: {err.name()}: {err.str()}"
+        self.spool.quarantine(row_id, reason)
+        self.quarantined_now += 1
+        log.warning("spool row %d quarantined in %s (%s)", row_id, self.spool.path, reason)
+        return True
 
     def _restart_producer(self) -> None:
         """After a fatal producer error (e.g. the idempotence state is broken) start over with a new

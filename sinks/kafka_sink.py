@@ -69,7 +69,7 @@ class KafkaSink:
         self.writer = writer
         self.serde = serde
         self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap,
+            **settings.kafka_config,
             "group.id": settings.sink_group,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -20,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,24 @@ class Activity(NamedTuple):
     partition: int     # capture partition (where its join state lives)
 
 
+def broker_credentials(settings: Settings) -> faust.auth.Credentials | None:
+    """Faust's (aiokafka's) form of the Kafka security settings that librdkafka clients get from
+    ``Settings.kafka_config``: TLS through an ``ssl.SSLContext``, SASL through ``SASLCredentials``."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location or None)
+        if settings.kafka_ssl_certificate_location:
+            context.load_cert_chain(settings.kafka_ssl_certificate_location, settings.kafka_ssl_key_location or None,
+                                    settings.kafka_ssl_key_password or None)
+    if protocol.startswith("SASL"):
+        return faust.auth.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                                          mechanism=settings.kafka_sasl_mechanism, ssl_context=context)
+    return faust.auth.SSLCredentials(context)
+
+
 def create_app(settings: Settings) -> faust.App:
     """A worker's Faust app: topics, the join table, the agent and its timers. Applies the Faust patches
     (streams.faust_patches) and creates the worker's data directory; nothing else has side effects."""
@@ -59,6 +78,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         settings.app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         web_enabled=False,
         datadir=str(worker_dir),

@@ -35,7 +35,7 @@ except ImportError:
     from testcontainers.clickhouse import ClickHouseContainer
     from testcontainers.kafka import KafkaContainer
 
-from genealogy import kafka
+from genealogy import auth, kafka
 from genealogy.client import wait_drained
 from genealogy.domain.recall import recall
 from genealogy.settings import Settings
@@ -121,6 +121,7 @@ def test_recall_through_real_kafka_and_clickhouse(servers, tmp_path):
     settings = Settings(bootstrap_servers=bootstrap, clickhouse_dsn=dsn, data_dir=tmp_path / "data",
                         http_host="127.0.0.1", http_port=_free_port(), partitions=4, idle_flush_s=1.0)
     kafka.ensure_topics(settings, timeout=60)
+    auth.ensure_admin_token(settings)  # as `genealogy token bootstrap` in the compose service; the client reads it
 
     procs = Processes(settings, tmp_path)
     try:
@@ -143,7 +144,7 @@ def test_recall_through_real_kafka_and_clickhouse(servers, tmp_path):
         sent = Publisher(settings).publish(plant.batches())
         assert sent > 0
 
-        client = ServiceClient(settings.service_url)
+        client = ServiceClient.for_settings(settings)
         try:
             status = wait_drained(client, settle_s=settings.idle_flush_s * 2 + 3, timeout=300)
         except TimeoutError:

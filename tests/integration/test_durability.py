@@ -138,7 +138,7 @@ STOPS = {
     "ctrl-c": lambda stack: (stack.proc.send_signal(signal.SIGINT), stack.wait_exit(), stack.up()),
     "kill-each-child": lambda stack: [kill_child(stack, child) for child in ("worker-1", "service", "broker", "objectstore")],
     "power-cut": lambda stack: (power_cut(stack), stack.up()),
-    "memory-broker-restart": lambda stack: (wait_drained(ServiceClient(stack.settings.service_url), settle_s=2.0),
+    "memory-broker-restart": lambda stack: (wait_drained(ServiceClient.for_settings(stack.settings), settle_s=2.0),
                                             stack.cli("down"), stack.wait_exit(), stack.up()),
 }
 # The memory:// broker loses what it acknowledged and nobody stored yet: that stop drains first, and the
@@ -158,7 +158,7 @@ def test_a_stop_mid_feed_ends_equal_to_the_reference(stop, tmp_path):
         gateway.capture(batches[:third])
         # Mid-stream: the worker has joined part of the feed (its join state holds loaded reels).
         until(lambda: gateway.forwarder.delivered >= third // 2, 120, "the first capture acknowledged")
-        client = ServiceClient(stack.settings.service_url)
+        client = ServiceClient.for_settings(stack.settings)
         until(lambda: client.get("/status")[1]["counts"]["edges"] > 0, 120, "the first edges stored")
 
         # The gateway keeps capturing through the stop.
@@ -172,7 +172,7 @@ def test_a_stop_mid_feed_ends_equal_to_the_reference(stop, tmp_path):
         feeding.join(300)
         gateway.corrupt()
         until(lambda: len(gateway.spool) == 0, 240, "the gateway's spool drained into the broker", every=0.5)
-        client = ServiceClient(stack.settings.service_url)
+        client = ServiceClient.for_settings(stack.settings)
         wait_drained(client, settle_s=4.0, timeout=300)
         # A stop is a pause at every station: events in flight may come after their station's idle flush
         # and be taken as late; the service corrects what they changed (sinks.late_corrector).

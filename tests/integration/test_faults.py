@@ -55,7 +55,7 @@ def publish_slowly(stack, p: Plant, seconds: float) -> threading.Thread:
 
 
 def settle(stack, p: Plant) -> None:
-    client = ServiceClient(stack.settings.service_url)
+    client = ServiceClient.for_settings(stack.settings)
     # Generous: on a loaded 2-core box a recovered worker can take minutes to catch up (see the session note).
     wait_drained(client, settle_s=5.0, timeout=max(900, UNITS / 100))
     check_against_reference(client, p)
@@ -85,7 +85,7 @@ def test_sink_sigkilled_mid_batch(tmp_path):
             time.sleep(SECONDS / (KILLS + 1))
             stack.kill("service", signal.SIGKILL)
             stack.restart("service")
-            client = ServiceClient(stack.settings.service_url)
+            client = ServiceClient.for_settings(stack.settings)
             deadline = time.monotonic() + 60
             while not client.healthy() and time.monotonic() < deadline:
                 time.sleep(0.2)

@@ -31,7 +31,7 @@ def run_plant(stack: Stack, p: Plant) -> ServiceClient:
     publisher.publish(p.batches())
     publisher.send_raw(b"ASSY-1", b"\x07 not a capture batch")
     publisher.flush()
-    client = ServiceClient(stack.settings.service_url)
+    client = ServiceClient.for_settings(stack.settings)
     wait_drained(client, settle_s=4.0, timeout=240)
     return client
 
@@ -48,12 +48,12 @@ def stack(tmp_path_factory):
 
 
 def test_one_worker_matches_reference(stack):
-    check_against_reference(ServiceClient(stack.settings.service_url), plant())
+    check_against_reference(ServiceClient.for_settings(stack.settings), plant())
 
 
 def test_replaying_the_whole_feed_changes_nothing(stack):
     p = plant()
-    client = ServiceClient(stack.settings.service_url)
+    client = ServiceClient.for_settings(stack.settings)
     before = sql(client, "SELECT (SELECT uniqExact(edge_id) FROM edges), (SELECT uniqExact(unit) FROM units)")
     code, recall_before = client.get("/recall", lot=p.faulty_lot)
     Publisher(stack.settings).publish(p.batches())
@@ -157,14 +157,14 @@ def standards_ingest_and_epcis_capture(stack):
     cfx = cli(stack, "ingest", "--format", "cfx", os.path.join(fixtures, "cfx", "line1_stations.jsonl"))
     assert cfx.returncode == 1 and "rejected" in cfx.stderr
 
-    client = ServiceClient(stack.settings.service_url)
+    client = ServiceClient.for_settings(stack.settings)
     with open(os.path.join(fixtures, "epcis", "transformation_dl.jsonld"), "rb") as f:
         response = client.http.request("POST", f"{client.base_url}/capture", body=f.read(),
-                                       headers={"Content-Type": "application/ld+json"})
+                                       headers={**client.headers, "Content-Type": "application/ld+json"})
     assert response.status == 202, response.data
     accepted = json.loads(response.data)
     assert accepted["accepted"]["events"] > 0 and accepted["rejects"] == []
-    garbage = client.http.request("POST", f"{client.base_url}/events", body=b"   ")
+    garbage = client.http.request("POST", f"{client.base_url}/events", body=b"   ", headers=client.headers)
     assert garbage.status == 400
 
     wait_drained(client, settle_s=4.0, timeout=240)
@@ -177,7 +177,7 @@ def standards_ingest_and_epcis_capture(stack):
 def test_commands_refuse_a_data_dir_with_no_running_stack(stack, tmp_path):
     """Stack A runs on the default-style ports; a command given data directory B (no stack there)
     must fail clearly and must not feed or ask A."""
-    client = ServiceClient(stack.settings.service_url)
+    client = ServiceClient.for_settings(stack.settings)
     before = sql(client, "SELECT count() FROM capture_batches")
     env = {**os.environ, **stack.settings.child_env()}  # A's ports: what a user's environment would say
     other = str(tmp_path / "B")

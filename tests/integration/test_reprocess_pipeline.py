@@ -46,7 +46,7 @@ def test_reprocess_recovers_late_events_exactly(tmp_path):
         publisher = Publisher(stack.settings)
         publisher.publish(p.batches())
         publisher.flush()
-        client = ServiceClient(stack.settings.service_url, timeout=300)
+        client = ServiceClient.for_settings(stack.settings, None, timeout=300)
         wait_drained(client, settle_s=4.0, timeout=300)
 
         bad = {e["event_id"] for _, e in p.all_events() if e["event_id"].startswith("bad-")}
@@ -99,7 +99,7 @@ def test_a_replayed_outage_buffer_is_corrected_without_a_person(tmp_path):
         live = [dict(b, events=[ke for ke in b["events"] if ke[1]["event_id"] not in held_ids]) for b in p.batches()]
         publisher = Publisher(stack.settings)
         publisher.publish([b for b in live if b["events"]])
-        client = ServiceClient(stack.settings.service_url, timeout=300)
+        client = ServiceClient.for_settings(stack.settings, None, timeout=300)
         wait_drained(client, settle_s=3.0, timeout=300)
 
         # Back online: the gateway replays its buffer.

@@ -90,7 +90,7 @@ def fed(stack):
     publisher = Publisher(stack.settings)
     publisher.publish(batches[: len(batches) // 2])
     publisher.flush()
-    client = ServiceClient(stack.settings.service_url)
+    client = ServiceClient.for_settings(stack.settings)
     wait_drained(client, settle_s=3.0, timeout=240)
     return p, batches, client
 
@@ -135,7 +135,7 @@ def test_a_heavy_analyst_query_is_capped_and_does_not_block_recall(fed):
 
     def heavy():
         started = time.monotonic()
-        result["answer"] = ServiceClient(client.base_url).post(
+        result["answer"] = ServiceClient.for_settings(stack.settings).post(
             "/sql", {"sql": "SELECT count() FROM edges AS a, edges AS b, edges AS c, edges AS d WHERE a.child != d.parent"})
         result["s"] = time.monotonic() - started
 

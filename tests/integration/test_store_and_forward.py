@@ -55,7 +55,7 @@ def until(condition, timeout: float, what: str, every: float = 0.1):
 
 
 def drained(stack) -> ServiceClient:
-    client = ServiceClient(stack.settings.service_url)
+    client = ServiceClient.for_settings(stack.settings)
     wait_drained(client, settle_s=4.0, timeout=300)
     return client
 
