@@ -28,7 +28,7 @@ def topic(settings: Settings) -> str:
 
 
 def exists(settings: Settings, timeout: float = 10.0) -> bool:
-    return topic(settings) in AdminClient({"bootstrap.servers": settings.kafka_bootstrap}).list_topics(timeout=timeout).topics
+    return topic(settings) in AdminClient(settings.kafka_config).list_topics(timeout=timeout).topics
 
 
 def partition_of(station: str, partitions: int) -> int:
@@ -44,7 +44,7 @@ def station_of(key: str) -> str:
 def write(settings: Settings, table: Mapping[str, object], timeout: float = 60.0) -> int:
     """Create the changelog topic (compacted, like Faust's) and write every table entry to it. Returns
     the number of records written."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_config)
     futures = admin.create_topics([NewTopic(topic(settings), num_partitions=settings.partitions, replication_factor=1,
                                             config={"cleanup.policy": "compact"})])
     for future in futures.values():
@@ -54,7 +54,7 @@ def write(settings: Settings, table: Mapping[str, object], timeout: float = 60.0
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise
     # Not idempotent, one request in flight: in order through retries on Tansu (producers.publisher says why).
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": False, "acks": "all",
+    producer = Producer({**settings.kafka_config, "enable.idempotence": False, "acks": "all",
                          "max.in.flight.requests.per.connection": 1, "linger.ms": 5})
     failed: list[str] = []
     for key, value in table.items():

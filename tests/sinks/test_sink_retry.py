@@ -60,14 +60,14 @@ def test_while_it_cannot_write_the_sink_says_why_and_commits_nothing():
     k = sink(writer)
     stop = threading.Event()
     seen = []
-    thread = threading.Thread(target=lambda: seen.append(k._flush(rows(), stop)))
+    thread = threading.Thread(target=lambda: seen.append(k._flush(rows(), stop)), daemon=True)
     thread.start()
     while k.retries < 3:
         pass
     assert "readonly" in k.failing and k.consumer.commits == 0
     service = Service.__new__(Service)  # health() needs only these
     service.settings, service.sink, service.stop, service.died = k.settings, k, stop, {}
-    service.threads = [threading.current_thread()]
+    service.threads, service.join_recovery = [threading.current_thread()], None
     ok, body = service.health()
     assert not ok and "cannot write to ClickHouse" in body["reason"]
     stop.set()
@@ -83,6 +83,7 @@ def test_a_dead_sink_thread_is_unhealthy():
     service = Service.__new__(Service)
     service.settings, service.sink, service.stop = k.settings, k, threading.Event()
     service.died, service.threads = {"kafka-sink": "RuntimeError: boom"}, [dead]
+    service.join_recovery = None
     ok, body = service.health()
     assert not ok and "died" in body["reason"] and "boom" in body["reason"]
 
@@ -94,6 +95,7 @@ def test_a_sink_that_dies_is_reported_and_stops_the_process_for_the_supervisor(m
     monkeypatch.setattr("genealogy.service.os.kill", lambda pid, sig: kills.append(sig))
     service = Service.__new__(Service)
     service.settings, service.sink, service.stop, service.died, service.exit_code = k.settings, k, threading.Event(), {}, 0
+    service.join_recovery = None
     service.exit_on_sink_death = True
 
     def broken(stop):
