@@ -26,7 +26,10 @@ SQL = {"sql": "SELECT 1"}
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    stack = start_stack(tmp_path_factory.mktemp("security"))
+    # Bodies far over the ingest caps must reach the capture path here, to show what happens to them
+    # there: a deployment may raise the request cap (GENEALOGY_CAPTURE_MAX_BODY_BYTES). With the
+    # default cap they are answered 413 before that (tests/integration/test_security_sql.py).
+    stack = start_stack(tmp_path_factory.mktemp("security"), capture_max_body_bytes=128 * 1024 * 1024)
     try:
         yield stack
     finally:
@@ -61,7 +64,7 @@ def test_no_token_is_401_json_everywhere_but_health(stack):
         assert status == 401 and "error" in body, (method, path, status, body)
         assert headers["WWW-Authenticate"].startswith("Bearer")
     status, body, _ = raw(stack, "GET", "/health")
-    assert status == 200 and body["ok"] is True and set(body) == {"ok", "sink_assigned", "instance"}
+    assert status == 200 and body["ok"] is True and set(body) == {"ok", "sink_assigned", "instance", "join_state"}
     assert raw(stack, "GET", "/status", Authorization="Bearer gen_not-a-token")[0] == 401
 
 

@@ -24,9 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(tmp_path, workers=1) -> Stack:
+def start_stack(tmp_path, workers=1, **settings) -> Stack:
     s = Settings(data_dir=tmp_path / "stack", broker_port=free_port(), http_port=free_port(), workers=workers,
-                 idle_flush_s=1.0, sink_flush_s=0.3)
+                 idle_flush_s=1.0, sink_flush_s=0.3, **settings)
     stack = Stack(s)
     stack.start()
     return stack
