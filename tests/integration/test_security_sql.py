@@ -8,7 +8,6 @@ the brute-force reference, as tests/integration/test_pipeline.py does.
 
 import json
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
@@ -69,7 +68,8 @@ def counts(client) -> dict:
 
 
 def raw(client, method, path, body=None, headers=None):
-    response = client.http.request(method, f"{client.base_url}{path}", body=body, headers=headers or {})
+    """A request as sent, with the client's token: these tests are about what the handlers answer."""
+    response = client.http.request(method, f"{client.base_url}{path}", body=body, headers={**client.headers, **(headers or {})})
     return response.status, response.headers.get("Content-Type", ""), response.data
 
 
@@ -129,30 +129,30 @@ def test_allowed_analyst_queries_still_answer(fed):
                        "GROUP BY e.relation ORDER BY e.relation")
 
 
-def test_a_heavy_analyst_query_is_capped_and_does_not_block_recall(fed):
+def test_a_heavy_analyst_query_is_capped_and_does_not_block_recall(stack, fed):
     p, _, client = fed
     result = {}
+    started = threading.Event()
 
     def heavy():
-        started = time.monotonic()
+        started.set()
         result["answer"] = ServiceClient.for_settings(stack.settings).post(
             "/sql", {"sql": "SELECT count() FROM edges AS a, edges AS b, edges AS c, edges AS d WHERE a.child != d.parent"})
-        result["s"] = time.monotonic() - started
 
-    thread = threading.Thread(target=heavy)
+    thread = threading.Thread(target=heavy, daemon=True)
     thread.start()
-    time.sleep(0.5)
-    latencies = []
-    while thread.is_alive() and len(latencies) < 200:
-        started = time.monotonic()
+    started.wait(10)
+    # Recall answers, and answers right, while the analyst query runs (it runs to its time cap).
+    answered_meanwhile = 0
+    while thread.is_alive() and answered_meanwhile < 20:
         code, r = client.get("/recall", lot=p.faulty_lot)
-        latencies.append(time.monotonic() - started)
-        assert code == 200, r
-    thread.join(timeout=60)
+        assert code == 200 and r["serial_scope"]["count"] > 0, r
+        answered_meanwhile += thread.is_alive()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the analyst query did not end: no time cap"
     code, body = result["answer"]
-    assert code == 400 and "imeout" in body["error"], body  # max_execution_time, not a hang
-    assert result["s"] < 30
-    assert latencies and max(latencies) < 3.0, latencies
+    assert code == 400 and "imeout" in body["error"], body  # stopped by max_execution_time, not a hang
+    assert answered_meanwhile > 0, "recall did not answer while the analyst query ran"
 
 
 def test_bad_requests_get_json_4xx(stack, fed):
@@ -213,7 +213,7 @@ def test_fuzz_sql_never_5xx_always_json(fed, body):
                               st.text(max_size=30), max_size=4))
 def test_fuzz_recall_never_5xx_always_json(fed, params):
     _, _, client = fed
-    response = client.http.request("GET", f"{client.base_url}/recall", fields=params)
+    response = client.http.request("GET", f"{client.base_url}/recall", fields=params, headers=client.headers)
     assert response.status < 500, (params, response.status, response.data[:300])
     json.loads(response.data)
 
