@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import socket
 import statistics
 import tempfile
 import threading
@@ -24,17 +23,12 @@ from pathlib import Path
 from genealogy.client import ServiceClient, wait_drained
 from genealogy.producers.publisher import Publisher
 from genealogy.producers.simulator import Plant
+from genealogy.kafka import free_port
 from genealogy.settings import Settings
 from genealogy.stack import Stack
 
 HEAVY = "SELECT count() FROM edges AS a, edges AS b, edges AS c WHERE a.child != c.parent"
 RESULTS = Path(__file__).parent / "results"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def timings(client: ServiceClient, lot: str, n: int) -> list[float]:

@@ -28,7 +28,6 @@ import bisect
 import json
 import os
 import platform
-import socket
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -37,6 +36,7 @@ from pathlib import Path
 from confluent_kafka import KafkaError
 
 from genealogy import schemas
+from genealogy.kafka import free_port
 from genealogy.settings import Settings
 from genealogy.client import ServiceClient
 from genealogy.stack import Stack
@@ -46,12 +46,6 @@ from genealogy.domain.derive import derive
 from genealogy.schemas import derived_messages
 
 EVENTS_PER_UNIT = 3.1  # simulator's average capture events per product unit
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def plant_for(events: int, lines: int, **kw) -> Plant:

@@ -129,9 +129,11 @@ class Service:
             max_rows_to_read=settings.analyst_max_rows_to_read,
             max_threads=settings.analyst_max_threads), sessions=settings.analyst_sessions,
             own_user=bool(settings.analyst_dsn))
-        self.sink = KafkaSink(settings, self.writer, schemas.serde_for(settings)) if with_sink else None
+        # One serde: with a Schema Registry, building it registers the schemas (a round trip each).
+        serde = schemas.serde_for(settings)
+        self.sink = KafkaSink(settings, self.writer, serde) if with_sink else None
+        self.join_recovery = JoinRecovery(settings, self.read_model, serde) if with_sink else None
         # Only the sink's process corrects late events: it is the one that writes.
-        self.join_recovery = JoinRecovery(settings, self.read_model, schemas.serde_for(settings)) if with_sink else None
         self.late = LateCorrector(settings, self.connection, self.writer) if with_sink and settings.late_correction_s > 0 else None
         self.spool = Spool.for_settings(settings, settings.data_dir / "spool" / "http-capture.db")
         self.forwarder = Forwarder(settings, self.spool)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -34,6 +33,7 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 
 from genealogy import schemas  # noqa: E402
 from genealogy import kafka  # noqa: E402
+from genealogy.kafka import free_port
 from genealogy.settings import Settings  # noqa: E402
 from genealogy.stack import Stack  # noqa: E402
 from genealogy.producers.simulator import Plant  # noqa: E402
@@ -43,12 +43,6 @@ from tests.integration.test_store_and_forward import PLANT, check_plant, drained
 pytestmark = pytest.mark.integration
 
 BUCKET = "tansu"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class S3Tansu:

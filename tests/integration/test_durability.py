@@ -35,22 +35,12 @@ from genealogy.client import ServiceClient, wait_drained
 from genealogy.producers.simulator import Plant
 from genealogy.producers.spool import Forwarder, Spool
 from genealogy.settings import Settings
-from tests.support.stack import check_against_reference, free_port
+from tests.support.stack import check_against_reference, free_port, until
 
 pytestmark = pytest.mark.integration
 
 PLANT = dict(units=1_200, lot_size=300, faulty_units=40, seed=23, batch_size=25, disorder_ms=3_000,
              duplicate_every=11, bad_events=3, reel_size=200)
-
-
-def until(condition, timeout: float, what: str, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what} not within {timeout:.0f} s")
 
 
 class UserStack:
@@ -92,11 +82,10 @@ class UserStack:
 class Gateway:
     """A station gateway: batches go to a durable spool; a forwarder sends them whenever a broker answers."""
 
-    def __init__(self, settings: Settings, path: Path, batches: list[dict]):
+    def __init__(self, settings: Settings, path: Path):
         self.serde = schemas.serde_for(settings)
         self.spool = Spool(path, default_topic=settings.topic_capture)
         self.forwarder = Forwarder(settings, self.spool)
-        self.batches = batches
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.forwarder.run, args=(self.stop,), daemon=True)
         self.thread.start()
@@ -153,7 +142,7 @@ def test_a_stop_mid_feed_ends_equal_to_the_reference(stop, tmp_path):
     batches = plant.batches()
     third = len(batches) // 3
     stack.up()
-    gateway = Gateway(stack.settings, tmp_path / "gateway.db", batches)
+    gateway = Gateway(stack.settings, tmp_path / "gateway.db")
     try:
         gateway.capture(batches[:third])
         # Mid-stream: the worker has joined part of the feed (its join state holds loaded reels).

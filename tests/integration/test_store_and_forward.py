@@ -28,7 +28,7 @@ from genealogy.producers.ingest import ingest_path, publish_ingest
 from genealogy.producers.simulator import Plant
 from genealogy.producers.spool import Forwarder, Spool
 from tests.support.plant_producer import plant_mark
-from tests.support.stack import sql, start_stack
+from tests.support.stack import sql, start_stack, until
 
 pytestmark = pytest.mark.integration
 
@@ -42,16 +42,6 @@ def stack(tmp_path):
     stack = start_stack(tmp_path)
     yield stack
     stack.stop()
-
-
-def until(condition, timeout: float, what: str, every: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"{what} not within {timeout:.0f} s")
 
 
 def drained(stack) -> ServiceClient:

@@ -4,24 +4,30 @@ the comparison of stored edges with the brute-force reference, and the CLI as a 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
+import time
 
 from genealogy.client import ServiceClient, wait_drained
+from genealogy.kafka import free_port
 from genealogy.settings import Settings
 from genealogy.stack import Stack
 from genealogy.producers.simulator import Plant
 from tests.support import reference
 
-__all__ = ["ServiceClient", "wait_drained", "free_port", "start_stack", "sql", "edge_difference",
+__all__ = ["ServiceClient", "wait_drained", "free_port", "until", "start_stack", "sql", "edge_difference",
            "check_against_reference", "cli"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def until(condition, timeout: float, what: str, every: float = 0.1):
+    """Poll ``condition`` until it returns something true (returned); TimeoutError naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise TimeoutError(f"{what} not within {timeout:.0f} s")
 
 
 def start_stack(tmp_path, workers=1, **settings) -> Stack:
