@@ -87,11 +87,16 @@ def long_run(workdir: Path, total: int, step: int, lines: int) -> dict:
                 n, encoded = upcoming.result()
                 k += 1
                 upcoming = pool.submit(encoded_segment, serde, k, units, lines)
+                fed_at = time.time()
                 st = feed(stack, encoded)
                 del encoded
                 events += n
+                segment_s = time.time() - fed_at
                 worker = next(p for name, p in stack.procs.items() if name.startswith("worker"))
                 curve.append({"events": events, "seconds": round(time.time() - t0), "edges": st["counts"]["edges"],
+                              "segment_events_per_s": round(n / segment_s),
+                              "trimmed_batches": stack.retention.trimmed_batches if stack.retention else 0,
+                              "broker_objects": sum(1 for _ in stack.broker_dir.rglob("*.batch")),
                               **{f"{name}_rss_mb": round(rss_mb(p.pid), 1) for name, p in stack.procs.items()
                                  if name in ("broker", "objectstore", "service") or p is worker},
                               "broker_disk_mb": round(du_bytes(stack.broker_dir) / 1e6, 1)})
@@ -126,11 +131,13 @@ def report(results: dict) -> str:
         curve = results["long"]["curve"]
         names = [k for k in curve[0] if k.endswith("_rss_mb")]
         lines += ["", "## Memory and disk over a long feed (durable broker)", "",
-                  "| capture events | edges | " + " | ".join(n.replace("_rss_mb", " RSS MB") for n in names)
-                  + " | broker disk MB |", "|---:|---:|" + "---:|" * len(names) + "---:|"]
+                  "| capture events | edges | segment events/s | " + " | ".join(n.replace("_rss_mb", " RSS MB") for n in names)
+                  + " | broker disk MB | batch objects kept | batches trimmed |",
+                  "|---:|---:|---:|" + "---:|" * len(names) + "---:|---:|---:|"]
         for c in curve:
-            lines.append(f"| {c['events']:,} | {c['edges']:,} | " + " | ".join(f"{c[n]}" for n in names)
-                         + f" | {c['broker_disk_mb']} |")
+            lines.append(f"| {c['events']:,} | {c['edges']:,} | {c.get('segment_events_per_s', '')} | "
+                         + " | ".join(f"{c[n]}" for n in names)
+                         + f" | {c['broker_disk_mb']} | {c.get('broker_objects', '')} | {c.get('trimmed_batches', '')} |")
         first, last = curve[0], curve[-1]
         lines += ["", "Ratio last / first segment: " + ", ".join(
             f"{n.replace('_rss_mb', '')} x{last[n] / first[n]:.2f}" for n in names if first[n]), "",

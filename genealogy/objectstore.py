@@ -269,3 +269,38 @@ def _xml_error(status: int, code: str, resource: str) -> web.Response:
 
 def _xml(body: str) -> web.Response:
     return web.Response(text='<?xml version="1.0" encoding="UTF-8"?>' + body, content_type="application/xml")
+
+
+class Client:
+    """The two calls the broker's log trimming needs (genealogy.retention): list keys, delete keys."""
+
+    def __init__(self, port: int, bucket: str, timeout: float = 30.0):
+        import urllib3
+
+        self.base = f"http://127.0.0.1:{port}/{bucket}"
+        self.http = urllib3.PoolManager(timeout=timeout, retries=urllib3.Retry(3, backoff_factor=0.2))
+
+    def list(self, prefix: str, delimiter: str = "") -> list[str]:
+        """Every key (or, with a delimiter, every common prefix) under ``prefix``, all pages."""
+        out, token = [], ""
+        while True:
+            fields = {"list-type": "2", "prefix": prefix, **({"delimiter": delimiter} if delimiter else {}),
+                      **({"continuation-token": token} if token else {})}
+            response = self.http.request("GET", self.base, fields=fields)
+            if response.status != 200:
+                raise OSError(f"object store LIST {prefix!r}: HTTP {response.status}")
+            doc = ElementTree.fromstring(response.data)
+            tag = "Prefix" if delimiter else "Key"
+            parent = "CommonPrefixes" if delimiter else "Contents"
+            out += [el.findtext(f"{{{S3_NS}}}{tag}") for el in doc.iter(f"{{{S3_NS}}}{parent}")]
+            if doc.findtext(f"{{{S3_NS}}}IsTruncated") != "true":
+                return out
+            token = doc.findtext(f"{{{S3_NS}}}NextContinuationToken") or ""
+
+    def delete(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), MAX_KEYS):
+            body = "".join(f"<Object><Key>{escape(k)}</Key></Object>" for k in keys[start:start + MAX_KEYS])
+            response = self.http.request("POST", self.base + "?delete", body=f"<Delete>{body}</Delete>".encode(),
+                                         headers={"Content-Type": "application/xml"})
+            if response.status != 200:
+                raise OSError(f"object store DeleteObjects: HTTP {response.status}")

@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     # join state's changelogs survive any stop; "memory" = Tansu's memory:// (lost at every stop).
     broker_storage: Literal["objectstore", "memory"] = "objectstore"
     objectstore_port: int = Field(default=0, description="Loopback port of the broker's object store; 0 = a free one")
+    broker_trim_s: float = Field(default=30.0, description=(
+        "How often the embedded stack deletes the durable broker's record batches that every consumer is past "
+        "(genealogy.retention); 0 = never, and the broker's log and fetch cost grow with the whole history"))
+    broker_trim_min_batches: int = Field(default=200, description="A partition is trimmed once this many of its batches can go")
+    changelog_checkpoint_records: int = Field(default=20_000, description=(
+        "A worker re-sends its join state of a partition to the changelog once the table wrote this many records "
+        "there (and at least as many as it has keys) since the last time, so the changelog before it can be trimmed "
+        "(genealogy.retention); 0 = never"))
     broker_fsync: bool = Field(default=True, description=(
         "The object store fsyncs each object (and its directory) before acknowledging it: a power cut loses "
         "nothing acknowledged. Off: a kill -9 still loses nothing (the page cache survives it), a power cut may"))

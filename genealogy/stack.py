@@ -11,11 +11,13 @@ stack that happens to answer on the same ports.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,10 +26,12 @@ from pathlib import Path
 import urllib3
 from tenacity import RetryError, Retrying, retry_if_result, stop_after_delay, wait_fixed
 
-from genealogy import auth, kafka
+from genealogy import auth, kafka, objectstore
+from genealogy.retention import Retention
 from genealogy.client import ServiceClient
 from genealogy.settings import Settings
 
+log = logging.getLogger(__name__)
 
 WORKER_ARGV = [sys.executable, "-m", "genealogy.cli", "worker"]
 SERVICE_ARGV = [sys.executable, "-m", "genealogy.cli", "serve"]
@@ -45,6 +49,8 @@ class Stack:
     argv: dict[str, list[str]] = field(default_factory=dict)
     instance: str = field(default_factory=lambda: secrets.token_hex(8))
     objectstore_port: int = 0
+    retention: Retention | None = None
+    _retention_stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def run_dir(self) -> Path:
@@ -151,9 +157,27 @@ class Stack:
                 self._spawn(f"worker-{n + 1}", WORKER_ARGV)
             self._wait_ready(ready_timeout)
             self.write_state()
+            if s.embedded_broker and s.broker_storage == "objectstore" and s.broker_trim_s > 0:
+                self._start_retention()
         except BaseException:
             self.stop()
             raise
+
+    def _start_retention(self) -> None:
+        """Trim the broker's log in the background (genealogy.retention); a failed pass is retried next time."""
+        self.retention = Retention(self.settings, objectstore.Client(self.objectstore_port, kafka.BROKER_BUCKET), self.run_dir)
+        self._retention_stop.clear()
+
+        def loop() -> None:
+            while not self._retention_stop.wait(self.settings.broker_trim_s):
+                try:
+                    self.retention.run_once()
+                    self.retention.last_error = ""
+                except Exception as exc:  # the broker or its store restarting: next pass
+                    self.retention.last_error = f"{type(exc).__name__}: {exc}"
+                    log.warning("broker log not trimmed this time: %s", self.retention.last_error)
+
+        threading.Thread(target=loop, name="broker-retention", daemon=True).start()
 
     def write_state(self, restarts: dict | None = None) -> None:
         """stack.json: how commands find this stack, and what the supervisor did (for `genealogy status`)."""
@@ -217,6 +241,7 @@ class Stack:
         return [name for name, proc in self.procs.items() if proc.poll() is not None]
 
     def stop(self, timeout: float = 20.0) -> None:
+        self._retention_stop.set()
         # Workers first (they commit and stop producing), then the sink drains, then the broker and its storage.
         order = ([n for n in self.procs if n.startswith("worker")]
                  + [n for n in ("service", "broker", "objectstore") if n in self.procs])

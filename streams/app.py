@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, before_sleep_log, retry_if_exception_type, w
 from genealogy import kafka, schemas
 from genealogy.domain.derive import Derived, Rejected, derive
 from genealogy.settings import Settings
-from genealogy.streams import faust_patches
+from genealogy.streams import changelog, faust_patches
 from genealogy.streams.progress import Progress, Verdict
 
 log = logging.getLogger(__name__)
@@ -100,6 +100,8 @@ def create_app(settings: Settings) -> faust.App:
     app.timer(interval=max(settings.idle_flush_s / 2, 0.1), name="genealogy.idle_stations")(worker.idle_stations)
     app.timer(interval=settings.worker_stall_check_s, name="genealogy.wake_stalled")(worker.wake_stalled_partitions)
     app.timer(interval=1.0, name="genealogy.publish_progress")(worker.publish_progress)
+    if settings.changelog_checkpoint_records > 0:
+        app.timer(interval=1.0, name="genealogy.checkpoint_changelog")(worker.checkpoint_changelog)
     app.on_rebalance_complete.connect(worker.on_rebalance_complete)
     app.on_before_shutdown.connect(worker.on_before_shutdown)
     return app
@@ -126,6 +128,11 @@ class Worker:
         self.progress = Progress()
         self.last_handled_at: dict[int, float] = {}
         self.ends_checked_at = 0.0  # when idle_stations last read the capture partitions' ends
+        # Changelog checkpoints (checkpoint_changelog): table writes per partition since the last one, and,
+        # per changelog partition, the offset below which every record is superseded.
+        self.writes_since_checkpoint: dict[int, int] = {}
+        self.changelog_trim_below: dict[int, int] = {}
+        self._count_table_writes()
 
     # --- capture messages -------------------------------------------------------------
 
@@ -266,6 +273,88 @@ class Worker:
         except KafkaException as exc:
             log.error("stall check failed, next try in %.0f s: %s", self.settings.worker_stall_check_s, exc)
 
+    def _count_table_writes(self) -> None:
+        """Count the changelog records the table writes, per partition (a set or a delete is one each)."""
+        table, partitions = self.station_state, self.settings.partitions
+        on_set, on_del = table.on_key_set, table.on_key_del
+
+        def count(key) -> None:
+            p = changelog.partition_of(changelog.station_of(key), partitions)
+            self.writes_since_checkpoint[p] = self.writes_since_checkpoint.get(p, 0) + 1
+
+        def counted_set(key, value) -> None:
+            on_set(key, value)
+            count(key)
+
+        def counted_del(key) -> None:
+            on_del(key)
+            count(key)
+
+        table.on_key_set, table.on_key_del = counted_set, counted_del
+
+    def checkpoint_due(self) -> list[int]:
+        """Assigned partitions whose changelog grew by at least ``changelog_checkpoint_records`` and by their
+        number of keys since their last checkpoint (so a checkpoint never writes more than it lets go)."""
+        s = self.settings
+        grown = {p for p in self.assigned_capture_partitions()
+                 if self.writes_since_checkpoint.get(p, 0) >= s.changelog_checkpoint_records}
+        if not grown:
+            return []
+        keys: dict[int, int] = {}
+        for key in self.station_state.data.keys():
+            p = changelog.partition_of(changelog.station_of(key), s.partitions)
+            keys[p] = keys.get(p, 0) + 1
+        return sorted(p for p in grown if self.writes_since_checkpoint[p] >= keys.get(p, 0))
+
+    async def checkpoint_changelog(self) -> None:
+        """Re-send the join state of each busy capture partition to its changelog, then report the offset
+        below which that changelog holds nothing the state needs (genealogy.retention trims it).
+
+        The changelog grows by a record per table write and Tansu never compacts it, so a restarted worker
+        would replay the whole history. The bound is the changelog's end read before the re-send: every
+        record below it was written before, and every key is written again after it. The re-send is
+        synchronous (no await), so no agent write of the same key can come between; the bound is reported
+        only once the producer has flushed it."""
+        s = self.settings
+        if self.app.rebalancing:
+            return
+        due = self.checkpoint_due()
+        # The changelog partition of a key is that of its station's capture messages; a producer that
+        # partitions stations otherwise would leave keys out of the re-send, so no trim then.
+        odd = {a.partition for st, a in self.activity.items() if a.partition != changelog.partition_of(st, s.partitions)}
+        due = [p for p in due if p not in odd]
+        if not due:
+            return
+        topic = changelog.topic(s)
+        try:
+            ends = await asyncio.get_running_loop().run_in_executor(
+                None, kafka.end_offsets, s, [TopicPartition(topic, p) for p in due])
+        except KafkaException as exc:
+            log.warning("changelog checkpoint skipped, ends unknown: %s", exc)
+            return
+        if self.app.rebalancing:
+            return
+        due = [p for p in due if p in self.assigned_capture_partitions()]
+        table = self.station_state
+        for key, value in list(table.data.items()):
+            partition = changelog.partition_of(changelog.station_of(key), s.partitions)
+            if partition in due:
+                table.send_changelog(partition, key, value)
+        for p in due:
+            self.writes_since_checkpoint[p] = 0
+        try:
+            await self.app.producer.flush()
+        except Exception as exc:  # stopping: the re-sent records may not be stored, so no bound
+            log.warning("changelog checkpoint not flushed: %s", exc)
+            return
+        for p in due:
+            self.changelog_trim_below[p] = max(self.changelog_trim_below.get(p, 0), ends[(topic, p)])
+        log.info("changelog checkpoint of partitions %s; trim below %s", due, {p: ends[(topic, p)] for p in due})
+        await self.publish_progress()
+
+    def assigned_capture_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == self.settings.topic_capture}
+
     async def _caught_up_partitions(self, partitions: set[int]) -> set[int]:
         topic = self.settings.topic_capture
         ends = await asyncio.get_running_loop().run_in_executor(
@@ -304,7 +393,7 @@ class Worker:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"ready_at": time.time(), "handled": self.progress.delivered(),
                                    "read_back": self.progress.read_back, "redelivered": self.progress.redelivered,
-                                   "state": self.state_size()}))
+                                   "state": self.state_size(), "changelog_trim_below": self.changelog_trim_below}))
         tmp.replace(path)
 
     async def publish_progress(self) -> None:
