@@ -1,53 +1,82 @@
 """IPC-CFX messages (JSON envelopes) -> our capture events.
 
-Envelope fields used: MessageName, TimeStamp (-> event_ms; must carry its UTC
-offset), UniqueID (-> event ids), Source (-> station: the CFX handle of the
-endpoint) and MessageBody. Field names follow the CFX SDK's JSON examples.
+Field names and meanings are the IPC-CFX SDK's (IPCConnectedFactoryExchange/CFX 2.1.1, the C#
+classes named below); the SDK's own JSON examples are the fixtures (tests/fixtures/cfx/sdk).
+
+Envelope (``CFX.CFXEnvelope``): ``MessageName`` picks the mapping; ``TimeStamp`` (when the event
+happened; must carry its UTC offset) -> event_ms; ``UniqueID`` -> event ids (the SDK's
+de-duplication key); ``Source`` (the endpoint's CFX handle) -> station. ``Version``, ``Target``,
+``RequestID`` are not used.
 
 =================================================  ==========================================
-CFX message                                        capture event
+CFX message (class)                                capture event
 =================================================  ==========================================
-CFX.Materials.Storage.MaterialsLoaded              MaterialLoaded per Materials[] entry
-CFX.Materials.Storage.MaterialsUnloaded            MaterialUnloaded per MaterialPackageIdentifiers[]
-CFX.Production.WorkStarted                         (nothing; remembers the transaction's Units)
-CFX.Production.WorkCompleted                       UnitCompleted per unit
-CFX.Production.Processing.UnitsProcessed           UnitCompleted per UnitProcessData[] unit
-CFX.Production.Assembly.MaterialsInstalled         ComponentInstalled per InstalledMaterials[] entry
-CFX.Production.UnitsDisqualified                   UnitScrapped per Units[] entry
-CFX.ResourcePerformance.StationStateChanged        MachineStateChanged (NewState)
-CFX.Heartbeat                                      StationHeartbeat
+Materials.Management.MaterialsInitialized          MaterialIdentified per Materials[] (MaterialPackageDetail)
+Materials.Management.MaterialsModified             MaterialIdentified per Materials[] (restated)
+Materials.Storage.MaterialsLoaded                  MaterialLoaded per Materials[] (MaterialLocation) on a slot
+Materials.Storage.MaterialCarriersLoaded           MaterialLoaded per package kitted on the carrier
+Materials.Storage.MaterialsUnloaded                MaterialUnloaded per MaterialPackageIdentifiers[]
+Materials.Storage.MaterialCarriersUnloaded         MaterialUnloaded per package on the carrier
+Production.WorkStarted                             (nothing; remembers Units, WorkOrderIdentifier)
+Production.WorkCompleted                           UnitCompleted per unit
+Production.Processing.UnitsProcessed               UnitCompleted per UnitProcessData[] (ProcessedUnit)
+Production.Assembly.MaterialsInstalled             ComponentInstalled per InstalledMaterials[] or per
+                                                   InstalledComponents[] with an InstalledUnitIdentifier
+Production.TestAndInspection.UnitsInspected        UnitTested per InspectedUnits[] (InspectedUnit)
+Production.TestAndInspection.UnitsTested           UnitTested per TestedUnits[] (TestedUnit)
+Production.UnitsDisqualified                       UnitScrapped per Units[]
+ResourcePerformance.StationStateChanged            MachineStateChanged (NewState)
+Heartbeat                                          StationHeartbeat
 anything else                                      counted in ``unknown``; the caller keeps it raw
 =================================================  ==========================================
 
-Choices, since CFX does not carry everything our events need:
+Field by field, SDK -> here:
 
-* A material package (reel, tray, bag) is ``lot:<InternalPartNumber>:<UniqueIdentifier>``;
-  its slot is the location's LocationIdentifier, else its LocationName. A
-  package loaded only onto a carrier (no location: CFX case 2) is not on the
-  station and is rejected with that reason.
-* MaterialsUnloaded names packages only. Their slot and part number come from
-  the earlier MaterialsLoaded on the same station, remembered in the
-  ``CfxContext`` the caller passes along a feed; without it they are rejected.
-* A unit is ``serial:<item>:<UnitIdentifier>``. CFX units carry no part
-  number: the item is a ``PartNumber`` field on the unit or the message body if
-  a gateway adds one, else ``context.unit_item`` (default ``"UNKNOWN"``). Use
-  the same item for every message of a station, or the unit nodes will not meet.
-* Panels: a UnitIdentifier may name the unit or a panel/carrier with the unit
-  at a PositionNumber. With ``context.qualify_positions`` the unit is
-  ``<UnitIdentifier>#<position>``; without it, one identifier listed at several
-  positions is rejected rather than guessed.
-* WorkCompleted: Units may be omitted (they were in WorkStarted); the context
-  remembers them by TransactionID. Production lot = WorkOrderIdentifier.Batch,
-  else the TransactionID; work order = WorkOrderIdentifier.WorkOrderNumber,
-  else the TransactionID. The completion's event id is ``<TransactionID>#<unit>``,
-  so a WorkCompleted and a UnitsProcessed of one transaction give one
-  completion per unit, not two. Every WorkResult maps (the unit was on the
-  station whatever the result).
-* MaterialsInstalled: one ComponentInstalled per installed material entry (unit
-  and position), quantity = QuantityInstalled, else the number of
-  InstalledComponents, else 1. Reference designators are not kept.
-* StationStateChanged: the numeric ResourceState (SEMI E10) is written by name,
-  e.g. 1100 -> "PRD_RegularWork"; reason = RelatedFault's FaultCode or Cause.
+* ``MaterialPackage`` (in events): ``UniqueIdentifier`` (the package: reel, tray, bag) and
+  ``InternalPartNumber`` -> the package node ``lot:<InternalPartNumber>:<UniqueIdentifier>``.
+  ``Quantity``, ``InternalPackageName``, ``LeadingMaterialPackage`` (splice chains), ``BatchId``,
+  ``GreyZone`` are not used: a splice is a load of the new reel on the same slot.
+* ``MaterialPackageDetail`` (MaterialsInitialized / MaterialsModified): ``ManufacturerLotCode`` is
+  "the lot code applied to this batch of material by the original manufacturer", the supplier lot:
+  ``lot:<ManufacturerPartNumber, else InternalPartNumber>:<ManufacturerLotCode>`` (the
+  manufacturer's part, since lot codes are the manufacturer's), and a ``supplied`` edge from it to
+  the package. ``Manufacturer`` and ``Vendor`` -> supplier. A package with no lot code is noted,
+  not guessed. Dates, quantities, ``Status``, ``MaterialData`` (MSD) are not kept. A MaterialsModified
+  whose Reason is InformationWasIncorrect restates the lot; the earlier edge is not retracted yet.
+* ``MaterialLocation`` (MaterialsLoaded): slot = ``LocationIdentifier``, else ``LocationName``.
+  The SDK's three cases: a package onto a slot; onto a carrier only (no location: kitting, noted
+  and remembered); onto a carrier on a slot. ``MaterialCarrierLocation`` (MaterialCarriersLoaded):
+  the carrier (``CarrierInformation.UniqueIdentifier``) goes on ``LocationIdentifier``, with every
+  package kitted onto it in this feed; MaterialCarriersUnloaded takes them off with it (the SDK:
+  the packages stay in the carrier).
+* ``MaterialsUnloaded.MaterialPackageIdentifiers`` names packages only: their slot and part come
+  from the earlier load on the same station, remembered in the ``CfxContext`` the caller passes
+  along a feed; without it they are rejected.
+* ``UnitPosition`` (WorkStarted.Units, UnitsDisqualified.Units): ``UnitIdentifier`` names the unit,
+  or a panel/carrier with the unit at ``PositionNumber`` (``UnitPositionNumber`` on
+  ProcessedUnit, InstalledMaterial, InspectedUnit, TestedUnit). With ``context.qualify_positions``
+  the unit is ``<UnitIdentifier>#<position>``; without it, one identifier at several positions is
+  rejected rather than guessed. CFX units carry no part number: the item is a ``PartNumber`` on
+  the unit or the body if a gateway adds one, else ``context.unit_item``.
+* ``WorkStarted``: ``TransactionID`` correlates the later messages; ``WorkOrderIdentifier``
+  (CFX 2.1): ``WorkOrderId`` -> work order, ``Batch`` -> production lot (else the TransactionID
+  for both). ``Lane``, ``RecipeName``, ``PrimaryIdentifier`` are not kept yet.
+* ``WorkCompleted``: ``Units`` only where WorkStarted lacked them. Every ``Result`` maps (the unit
+  was on the station whatever the result). Completion event id ``<TransactionID>#<unit>``, so a
+  WorkCompleted and a UnitsProcessed of one transaction give one completion per unit.
+* ``InstalledMaterial`` (MaterialsInstalled): the parent is ``UnitIdentifier`` (+ position). An
+  ``InstalledComponent`` with ``InstalledUnitIdentifier`` (2.1: "unique ID of the sub-assembly /
+  unit that was installed") is a serial ``serial:<Material.InternalPartNumber>:<id>``; otherwise
+  the entry installs its ``Material`` package, quantity ``QuantityInstalled``, else the number of
+  InstalledComponents, else 1. ``ReferenceDesignator``, ``Stage``, ``CarrierLocation`` are not kept.
+* ``InspectedUnit`` / ``TestedUnit``: ``OverallResult`` (TestResult: Passed, Failed, Error,
+  Aborted, Skipped) -> result; ``InspectionMethod`` / ``TestMethod`` and the names of the
+  inspections or tests that did not pass -> test. An ``InspectedPanel`` with no units is noted.
+* ``StationStateChanged``: numeric ``NewState`` (SEMI E10) written by name, e.g. 1100 ->
+  "PRD_RegularWork"; reason = ``RelatedFault.FaultCode`` or ``Cause``.
+* ``UnitsDisqualified``: ``Reason`` and ``Comments`` -> the scrap reason.
+* Not mapped yet: MaterialsUninstalled (rework: needs retractions), UnitsArrived/UnitsDeparted
+  (lane), WorkStage* (stage), UnitsInitialized (work order bound at marking).
 * CFX has no operator on these messages: operator is null.
 """
 
@@ -81,6 +110,8 @@ class CfxContext:
     qualify_positions: bool = False
     packages: dict[tuple[str, str], tuple[str, dict]] = field(default_factory=dict)  # (station, package) -> (slot, material ref)
     transactions: dict[str, dict] = field(default_factory=dict)                     # TransactionID -> WorkStarted body
+    carriers: dict[str, dict[str, dict]] = field(default_factory=dict)              # carrier id -> package id -> material ref
+    carrier_slots: dict[tuple[str, str], str] = field(default_factory=dict)         # (station, carrier id) -> slot
 
 
 @dataclass(frozen=True)
@@ -150,16 +181,81 @@ def _each(msg: _Msg, out: MapResult, key: str, entries: Any, build, objects: boo
 
 
 def _loaded(msg: _Msg, out: MapResult) -> None:
-    def build(i: int, where: str, m: dict) -> Event:
-        material = _package(m.get("MaterialPackage"), f"{where}.MaterialPackage")
-        slot = _opt(m, "LocationIdentifier") or _opt(m, "LocationName")
-        if not slot:
-            raise Bad(f"{where}.LocationIdentifier: missing (and no LocationName); a package loaded only onto a "
-                      "carrier is not on a station slot")
-        msg.ctx.packages[(msg.station, material["ident"])] = (slot, material)
-        return event("MaterialLoaded", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
-                     slot=slot, material=material, operator=None)
-    _each(msg, out, "Materials", msg.body.get("Materials"), build)
+    """MaterialsLoaded, the SDK's three cases: a package onto a station slot; onto a carrier only (kitting:
+    no LocationIdentifier; it reaches the station with MaterialCarriersLoaded); onto a carrier on a slot."""
+    entries = msg.body.get("Materials")
+    if not isinstance(entries, list):
+        raise Bad("Materials: missing or not a list")
+    for i, m in enumerate(entries):
+        where = f"Materials[{i}]"
+        try:
+            if not isinstance(m, dict):
+                raise Bad(f"{where}: expected an object")
+            material = _package(m.get("MaterialPackage"), f"{where}.MaterialPackage")
+            slot = _opt(m, "LocationIdentifier") or _opt(m, "LocationName")
+            carrier = _opt(m.get("CarrierInformation"), "UniqueIdentifier")
+            if carrier:
+                msg.ctx.carriers.setdefault(carrier, {})[material["ident"]] = material
+                if slot:
+                    msg.ctx.carrier_slots[(msg.station, carrier)] = slot
+            if not slot:
+                if not carrier:
+                    raise Bad(f"{where}.LocationIdentifier: missing, and no CarrierInformation either")
+                out.skip(f"{msg.origin}#{where}: package {material['ident']} kitted onto carrier {carrier}; "
+                         "it is loaded when MaterialCarriersLoaded puts the carrier on a slot")
+                continue
+            msg.ctx.packages[(msg.station, material["ident"])] = (slot, material)
+            out.events.append(event("MaterialLoaded", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms,
+                                    station=msg.station, slot=slot, material=material, operator=None))
+        except Bad as exc:
+            out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), m))
+
+
+def _carriers_loaded(msg: _Msg, out: MapResult) -> None:
+    """MaterialCarriersLoaded: the packages kitted onto each carrier are loaded on its slot."""
+    entries = msg.body.get("Carriers")
+    if not isinstance(entries, list):
+        raise Bad("Carriers: missing or not a list")
+    for i, c in enumerate(entries):
+        where = f"Carriers[{i}]"
+        try:
+            if not isinstance(c, dict):
+                raise Bad(f"{where}: expected an object")
+            carrier = _opt(c.get("CarrierInformation"), "UniqueIdentifier")
+            slot = _opt(c, "LocationIdentifier") or _opt(c, "LocationName")
+            if not carrier or not slot:
+                raise Bad(f"{where}: needs CarrierInformation.UniqueIdentifier and LocationIdentifier")
+            packages = msg.ctx.carriers.get(carrier, {})
+            if not packages:
+                out.skip(f"{msg.origin}#{where}: carrier {carrier} holds no package this feed kitted")
+            msg.ctx.carrier_slots[(msg.station, carrier)] = slot
+            for k, material in enumerate(packages.values()):
+                msg.ctx.packages[(msg.station, material["ident"])] = (slot, material)
+                out.events.append(event("MaterialLoaded", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms,
+                                        station=msg.station, slot=slot, material=material, operator=None))
+        except Bad as exc:
+            out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), c))
+
+
+def _carriers_unloaded(msg: _Msg, out: MapResult) -> None:
+    """MaterialCarriersUnloaded: the carrier leaves its slot with its packages (they stay kitted on it)."""
+    entries = msg.body.get("CarrierIdentifiers")
+    if not isinstance(entries, list):
+        raise Bad("CarrierIdentifiers: missing or not a list")
+    for i, carrier in enumerate(dict.fromkeys(entries)):  # the SDK's example lists one carrier twice
+        where = f"CarrierIdentifiers[{i}]"
+        if not isinstance(carrier, str) or not carrier.strip():
+            out.rejects.append(Reject(f"{msg.origin}#{where}", f"{where}: {carrier!r} is not a carrier identifier", carrier))
+            continue
+        slot = msg.ctx.carrier_slots.pop((msg.station, carrier.strip()), None)
+        if slot is None:
+            out.rejects.append(Reject(f"{msg.origin}#{where}", f"{where}: carrier {carrier!r} was not loaded on "
+                                      f"{msg.station} earlier in this feed, so its slot is unknown", carrier))
+            continue
+        for k, material in enumerate(msg.ctx.carriers.get(carrier.strip(), {}).values()):
+            msg.ctx.packages.pop((msg.station, material["ident"]), None)
+            out.events.append(event("MaterialUnloaded", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms,
+                                    station=msg.station, slot=slot, material=material, operator=None))
 
 
 def _unloaded(msg: _Msg, out: MapResult) -> None:
@@ -174,6 +270,52 @@ def _unloaded(msg: _Msg, out: MapResult) -> None:
         return event("MaterialUnloaded", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
                      slot=slot, material=material, operator=None)
     _each(msg, out, "MaterialPackageIdentifiers", msg.body.get("MaterialPackageIdentifiers"), build, objects=False)
+
+
+def _identified(msg: _Msg, out: MapResult) -> None:
+    """MaterialsInitialized / MaterialsModified: each package's supplier lot (ManufacturerLotCode)."""
+    entries = msg.body.get("Materials")
+    if not isinstance(entries, list):
+        raise Bad("Materials: missing or not a list")
+    for i, m in enumerate(entries):
+        where = f"Materials[{i}]"
+        try:
+            if not isinstance(m, dict):
+                raise Bad(f"{where}: expected an object")
+            package = _package(m, where)
+            code = _opt(m, "ManufacturerLotCode")
+            if not code:
+                out.skip(f"{msg.origin}#{where}: package {package['ident']} has no ManufacturerLotCode")
+                continue
+            item = _opt(m, "ManufacturerPartNumber") or package["item"]
+            supplier = ", ".join(dict.fromkeys(filter(None, (_opt(m, "Manufacturer"), _opt(m, "Vendor"))))) or None
+            out.events.append(event("MaterialIdentified", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms,
+                                    station=msg.station, package=package,
+                                    supplier_lot=ref(node("lot", item, code, f"{where}.ManufacturerLotCode")),
+                                    supplier=supplier, operator=None))
+        except Bad as exc:
+            out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), m))
+
+
+def _tested(msg: _Msg, out: MapResult, key: str, method_key: str, each_key: str, name_key: str) -> None:
+    """UnitsInspected / UnitsTested: each unit's OverallResult, with the method and what failed."""
+    units = msg.body.get(key)
+    idents = _unit_idents(units, key, msg.ctx)
+    method = _opt(msg.body, method_key)
+    if not units:
+        out.skip(f"{msg.origin}: {key} is empty (a panel-level result names no unit)")
+        return
+
+    def build(i: int, where: str, u: dict) -> Event:
+        result = _opt(u, "OverallResult")
+        if not result:
+            raise Bad(f"{where}.OverallResult: missing")
+        failed = [_opt(t, name_key) for t in (u.get(each_key) or []) if isinstance(t, dict)
+                  and _opt(t, "Result") not in ("", "Passed") and _opt(t, name_key)]
+        test = " ".join(filter(None, (method, ("failed: " + ", ".join(failed)) if failed else ""))) or key
+        return event("UnitTested", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
+                     unit=_unit(u, idents[i], where, msg), result=result, test=test)
+    _each(msg, out, key, units, build)
 
 
 def _started(msg: _Msg, out: MapResult) -> None:
@@ -191,7 +333,7 @@ def _completed(msg: _Msg, out: MapResult, finished: bool) -> None:
         raise Bad(f"{key}: no units listed and no WorkStarted seen for TransactionID {tx or '(missing)'}")
     order = msg.body.get("WorkOrderIdentifier") or started.get("WorkOrderIdentifier") or {}
     lot = _opt(order, "Batch") or tx
-    work_order = _opt(order, "WorkOrderNumber") or tx
+    work_order = _opt(order, "WorkOrderId") or tx
     if not lot:
         raise Bad("TransactionID: missing, and no WorkOrderIdentifier.Batch to name the production lot")
     idents = _unit_idents(units, key, msg.ctx)
@@ -204,18 +346,41 @@ def _completed(msg: _Msg, out: MapResult, finished: bool) -> None:
 
 
 def _installed(msg: _Msg, out: MapResult) -> None:
+    """One ComponentInstalled per installed sub-assembly that has a serial (InstalledComponents[].
+    InstalledUnitIdentifier); else one for the package (lot) the entry installed from."""
     entries = msg.body.get("InstalledMaterials")
     idents = _unit_idents(entries, "InstalledMaterials", msg.ctx)
-
-    def build(i: int, where: str, m: dict) -> Event:
-        unit = _unit(m, idents[i], where, msg)
-        component = _package(m.get("Material"), f"{where}.Material")
-        quantity = m.get("QuantityInstalled") or len(m.get("InstalledComponents") or []) or 1.0
-        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
-            raise Bad(f"{where}.QuantityInstalled: {quantity!r} is not a positive number")
-        return event("ComponentInstalled", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
-                     unit=unit, component=component, quantity=float(quantity), operator=None)
-    _each(msg, out, "InstalledMaterials", entries, build)
+    if not isinstance(entries, list):
+        raise Bad("InstalledMaterials: missing or not a list")
+    for i, m in enumerate(entries):
+        where = f"InstalledMaterials[{i}]"
+        try:
+            if not isinstance(m, dict):
+                raise Bad(f"{where}: expected an object")
+            unit = _unit(m, idents[i], where, msg)
+            components = [c for c in (m.get("InstalledComponents") or []) if isinstance(c, dict)]
+            serials = [(k, _opt(c, "InstalledUnitIdentifier")) for k, c in enumerate(components) if _opt(c, "InstalledUnitIdentifier")]
+            if serials:
+                material = m.get("Material") if isinstance(m.get("Material"), dict) else {}
+                item = _opt(material, "InternalPartNumber")
+                if not item:
+                    raise Bad(f"{where}.Material.InternalPartNumber: missing, so the installed sub-assemblies' "
+                              "part number is unknown")
+                for k, serial in serials:
+                    out.events.append(event(
+                        "ComponentInstalled", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms, station=msg.station,
+                        unit=unit, component=ref(node("serial", item, serial, f"{where}.InstalledComponents[{k}].InstalledUnitIdentifier")),
+                        quantity=1.0, operator=None))
+                continue
+            component = _package(m.get("Material"), f"{where}.Material")
+            quantity = m.get("QuantityInstalled") or len(components) or 1.0
+            if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
+                raise Bad(f"{where}.QuantityInstalled: {quantity!r} is not a positive number")
+            out.events.append(event("ComponentInstalled", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms,
+                                    station=msg.station, unit=unit, component=component, quantity=float(quantity),
+                                    operator=None))
+        except Bad as exc:
+            out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), m))
 
 
 def _disqualified(msg: _Msg, out: MapResult) -> None:
@@ -256,6 +421,14 @@ HANDLERS = {
     "CFX.Production.UnitsDisqualified": _disqualified,
     "CFX.ResourcePerformance.StationStateChanged": _state,
     "CFX.Heartbeat": _heartbeat,
+    "CFX.Materials.Storage.MaterialCarriersLoaded": _carriers_loaded,
+    "CFX.Materials.Storage.MaterialCarriersUnloaded": _carriers_unloaded,
+    "CFX.Materials.Management.MaterialsInitialized": _identified,
+    "CFX.Materials.Management.MaterialsModified": _identified,
+    "CFX.Production.TestAndInspection.UnitsInspected":
+        lambda msg, out: _tested(msg, out, "InspectedUnits", "InspectionMethod", "Inspections", "InspectionName"),
+    "CFX.Production.TestAndInspection.UnitsTested":
+        lambda msg, out: _tested(msg, out, "TestedUnits", "TestMethod", "Tests", "TestName"),
 }
 
 

@@ -33,7 +33,10 @@ _FILES = {CAPTURE: "capture_batch.avsc", EDGES: "edge_batch.avsc", DEAD_LETTER: 
           DERIVED: "derived_columns.avsc"}
 # Fixed ids for the repository's own registry. Never reuse or renumber an id:
 # a new version of a schema gets a new id, so old messages stay readable.
-LOCAL_IDS = {CAPTURE: 1, EDGES: 2, DEAD_LETTER: 3, DERIVED: 4}
+LOCAL_IDS = {CAPTURE: 5, EDGES: 2, DEAD_LETTER: 3, DERIVED: 4}
+# Earlier versions, read but no longer written: id -> (schema, file). Capture v1 (id 1) had no
+# MaterialIdentified or UnitTested; v2 appended them to the event union.
+PAST_IDS = {1: (CAPTURE, "capture_batch.v1.avsc")}
 
 _HEADER = struct.Struct(">bI")
 
@@ -46,17 +49,31 @@ def schema_text(name: str) -> str:
     return resources.files(__name__).joinpath(_FILES[name]).read_text()
 
 
-def parsed(name: str) -> Any:
-    return fastavro.parse_schema(json.loads(schema_text(name)))
+def parsed(name: str, file: str | None = None) -> Any:
+    text = resources.files(__name__).joinpath(file).read_text() if file else schema_text(name)
+    return fastavro.parse_schema(json.loads(text))
 
 
 class Serde:
-    """Encode/decode records of the three contracts under a given id assignment."""
+    """Encode/decode records of the contracts under a given id assignment. Writes the current version of
+    each; reads the current ones, the earlier versions in ``past`` (id -> (name, parsed schema)), and any
+    other id ``lookup`` (a registry) can turn into a schema text."""
 
-    def __init__(self, ids: dict[str, int]):
+    def __init__(self, ids: dict[str, int], past: dict[int, tuple[str, Any]] | None = None, lookup=None):
         self._ids = dict(ids)
         self._schemas = {name: parsed(name) for name in ids}
-        self._by_id = {schema_id: name for name, schema_id in ids.items()}
+        self._by_id = {schema_id: (name, self._schemas[name]) for name, schema_id in ids.items()}
+        self._by_id.update(past or {})
+        self._lookup = lookup
+
+    def _schema(self, schema_id: int) -> tuple[str, Any] | None:
+        if schema_id not in self._by_id and self._lookup is not None:
+            try:
+                schema = fastavro.parse_schema(json.loads(self._lookup(schema_id)))
+            except Exception:  # an id the registry does not know, or not Avro: the caller says "unknown"
+                return None
+            self._by_id[schema_id] = (schema["name"], schema)
+        return self._by_id.get(schema_id)
 
     def encode(self, name: str, record: dict) -> bytes:
         buf = io.BytesIO()
@@ -71,14 +88,15 @@ class Serde:
         magic, schema_id = _HEADER.unpack_from(data)
         if magic != 0:
             raise DecodeError(f"magic byte is {magic}, not 0: not Confluent Avro wire format")
-        name = self._by_id.get(schema_id)
-        if name is None:
+        known = self._schema(schema_id)
+        if known is None:
             raise DecodeError(f"unknown schema id {schema_id}")
+        name, schema = known
         expected = (expect,) if isinstance(expect, str) else expect
         if expected is not None and name not in expected:
             raise DecodeError(f"schema id {schema_id} is {name}, expected {' or '.join(expected)}")
         try:
-            record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size:]), self._schemas[name], return_record_name=True)
+            record = fastavro.schemaless_reader(io.BytesIO(data[_HEADER.size:]), schema, return_record_name=True)
         except Exception as exc:  # fastavro raises several types for truncated or corrupt bodies
             raise DecodeError(f"Avro body does not match {name}: {type(exc).__name__}: {exc}") from exc
         return name, record
@@ -137,7 +155,7 @@ def dead_letter(*, stage: str, reason: str, topic: str, partition: int, offset: 
 
 
 def local_serde() -> Serde:
-    return Serde(LOCAL_IDS)
+    return Serde(LOCAL_IDS, {schema_id: (name, parsed(name, file)) for schema_id, (name, file) in PAST_IDS.items()})
 
 
 def registry_serde(url: str, subjects: dict[str, str]) -> Serde:
@@ -145,7 +163,8 @@ def registry_serde(url: str, subjects: dict[str, str]) -> Serde:
     from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
     client = SchemaRegistryClient({"url": url})
-    return Serde({name: client.register_schema(subject, Schema(schema_text(name), "AVRO")) for name, subject in subjects.items()})
+    return Serde({name: client.register_schema(subject, Schema(schema_text(name), "AVRO")) for name, subject in subjects.items()},
+                 lookup=lambda schema_id: client.get_schema(schema_id).schema_str)
 
 
 def serde_for(settings: Any) -> Serde:

@@ -12,6 +12,9 @@ Definitions (node ids are ``kind:item:ident``; *as-built* edges are the relation
 * **received** node: a node that never is the parent of an as-built edge (a leaf of
   the as-built graph) and is either a ``lot`` or a ``serial`` of an item this plant
   does not produce. That is what a supplier delivers.
+* **package without a supplier lot**: a consumed lot (a reel, a tray) of an item some of whose
+  packages were identified with their supplier's lot (``supplied`` edges, CFX MaterialsInitialized),
+  that has none itself: a recall of its supplier lot would miss what it went into.
 * **unaccounted serial**: a serial that is the child of an as-built edge, has no
   ``units`` row and is not received, i.e. it was built here (it has components) or
   its item is produced here, but its production was never recorded.
@@ -82,6 +85,8 @@ def linkage_report(read_model: ReadModel, examples: int = EXAMPLES, max_levels: 
     no_prod = read_model.rows(q.NO_PRODUCTION_SQL, link=LINK, limit=examples)
     in_lots = read_model.rows(q.SERIAL_IN_LOTS_SQL, limit=examples)
     under_items = read_model.rows(q.IDENT_UNDER_ITEMS_SQL, limit=examples)
+    unidentified = read_model.rows(q.PACKAGES_WITHOUT_SUPPLIER_LOT_SQL, limit=examples)
+    identified, supplier_lots = read_model.rows(q.PACKAGES_WITH_SUPPLIER_LOT_SQL)[0]
     dead = [{"stage": s, "event_kind": k, "count": int(n), "example_reason": r}
             for s, k, n, r in read_model.rows(q.DEAD_LETTERS_BY_KIND_SQL)]
     return {
@@ -98,6 +103,11 @@ def linkage_report(read_model: ReadModel, examples: int = EXAMPLES, max_levels: 
         "units_without_production": {
             "count": _counted(no_prod),
             "examples": [{"unit": u, "components": int(n)} for u, n, _ in no_prod],
+        },
+        "supplier_lots": {
+            "packages_identified": int(identified), "supplier_lots": int(supplier_lots),
+            "consumed_packages_without": _counted(unidentified),
+            "examples": [p for p, _ in unidentified],
         },
         "class_level_inputs": {
             "edges": int(read_model.rows(q.CLASS_EDGES_SQL)[0][0]),
@@ -137,6 +147,8 @@ def format_linkage(report: dict):
                    ex([f"{e['component']} -> {', '.join(e['used_by'])}" for e in report["broken_links"]["examples"]]))
     checks.add_row("units with no production event", f"{report['units_without_production']['count']:,}",
                    ex([e["unit"] for e in report["units_without_production"]["examples"]]))
+    checks.add_row("packages consumed with no supplier lot", f"{report['supplier_lots']['consumed_packages_without']:,}",
+                   ex(report["supplier_lots"]["examples"]))
     checks.add_row("class-level inputs (edges)", f"{report['class_level_inputs']['edges']:,}",
                    ex([f"{c['item']}: {c['edges']} edges into {c['parents']} nodes" for c in report["class_level_inputs"]["by_item"]]))
     d = report["duplicate_serials"]

@@ -552,6 +552,17 @@ SELECT extract(child, '^[^:]*:([^:]*):') AS item, uniqExact(edge_id), uniqExact(
 FROM edges WHERE startsWith(child, 'class:')
 GROUP BY item ORDER BY item
 """
+# Packages (reels, trays) consumed with no supplier lot: only for items some of whose packages have
+# one (a plant that records supplier lots for that part), so a feed that loads supplier lots
+# directly is not reported.
+PACKAGES_WITHOUT_SUPPLIER_LOT_SQL = """
+SELECT child, count() OVER ()
+FROM (SELECT DISTINCT child FROM edges WHERE relation = 'consumed' AND startsWith(child, 'lot:'))
+WHERE extract(child, '^[^:]*:([^:]*):') IN (SELECT extract(parent, '^[^:]*:([^:]*):') FROM edges WHERE relation = 'supplied')
+  AND child NOT IN (SELECT parent FROM edges WHERE relation = 'supplied')
+ORDER BY child LIMIT {limit:UInt32}
+"""
+PACKAGES_WITH_SUPPLIER_LOT_SQL = "SELECT uniqExact(parent), uniqExact(child) FROM edges WHERE relation = 'supplied'"
 CLASS_EDGES_SQL = "SELECT uniqExact(edge_id) FROM edges WHERE startsWith(child, 'class:')"
 SERIAL_IN_LOTS_SQL = """
 SELECT unit, arraySort(groupUniqArray(production_lot)), count() OVER ()

@@ -107,6 +107,13 @@ def stateless_edges(kind: str, e: dict) -> list[dict]:
             raise Invalid("input quantities must not be negative")
         return [edge(i, o, "transformed", e["event_ms"], e["station"], e["event_id"], operator=op,
                      work_order=e["work_order"], quantity=q) for i, q in ins for o in outs]
+    if kind == "genealogy.MaterialIdentified":
+        # Forward from the supplier lot reaches its packages, then what consumed them.
+        package = node_of(e["package"], "package", ("lot", "serial"))
+        supplier_lot = node_of(e["supplier_lot"], "supplier_lot", ("lot",))
+        if package == supplier_lot:
+            raise Invalid("package and supplier_lot are the same node")
+        return [edge(supplier_lot, package, "supplied", e["event_ms"], e["station"], e["event_id"], operator=op)]
     if kind == "genealogy.Packed":
         container = node_of(e["container"], "container", ("container", "shipment"))
         if not e["contents"]:
@@ -122,6 +129,11 @@ def station_fact(kind: str, e: dict) -> dict:
         if not e["reason"].strip():
             raise Invalid("reason is empty")
         subject, detail, reason = unit, "scrapped", e["reason"]
+    elif kind == "genealogy.UnitTested":
+        unit = node_of(e["unit"], "unit", ("serial",))
+        if not e["result"].strip():
+            raise Invalid("result is empty")
+        subject, detail, reason = unit, e["result"].strip(), e["test"]
     else:
         if not e["state"].strip():
             raise Invalid("state is empty")
@@ -173,7 +185,7 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
                 collect(e["station"], result, kind, e)
             elif kind == "genealogy.StationHeartbeat":
                 collect(e["station"], join_for(e["station"]).heartbeat(e["event_ms"]), kind, e)
-            elif kind in ("genealogy.UnitScrapped", "genealogy.MachineStateChanged"):
+            elif kind in ("genealogy.UnitScrapped", "genealogy.UnitTested", "genealogy.MachineStateChanged"):
                 out.facts.append(station_fact(kind, e))
             else:
                 out.edges.extend(stateless_edges(kind, e))

@@ -1,5 +1,7 @@
 """Confluent wire format with the repository's schemas."""
 
+from pathlib import Path
+
 import pytest
 
 from genealogy import schemas
@@ -30,3 +32,28 @@ def test_expecting_another_schema_is_an_error():
     data = serde.encode(schemas.EDGES, {"batch_id": "b", "edges": [], "units": []})
     with pytest.raises(schemas.DecodeError, match="expected genealogy.CaptureBatch"):
         serde.decode(data, expect=schemas.CAPTURE)
+
+
+def test_capture_written_before_v2_stays_readable():
+    """Capture v1 (id 1) is what the broker and ClickHouse's capture_batches hold from before the v2
+    kinds; the join state's rebuild replays it. New capture is written as v2 (its own id)."""
+    import io
+    import json
+
+    import fastavro
+
+    v1 = fastavro.parse_schema(json.loads((Path(schemas.__file__).parent / "capture_batch.v1.avsc").read_text()))
+    serde = schemas.local_serde()
+    for batch in Plant(units=20, lot_size=10, faulty_units=3, batch_size=7).generate().batches():
+        buf = io.BytesIO()
+        buf.write(b"\x00\x00\x00\x00\x01")
+        fastavro.schemaless_writer(buf, v1, batch)
+        assert serde.decode(buf.getvalue(), expect=schemas.CAPTURE) == (schemas.CAPTURE, batch)
+    assert schemas.LOCAL_IDS[schemas.CAPTURE] not in schemas.PAST_IDS
+
+    v2_only = {"batch_id": "b", "source": "GR-1", "sent_ms": 1, "events": [("genealogy.MaterialIdentified", {
+        "event_id": "e", "event_ms": 1_800_000_000_000, "station": "GR-1", "package": {"kind": "lot", "item": "IPN1", "ident": "R1"},
+        "supplier_lot": {"kind": "lot", "item": "MPN1", "ident": "L1"}, "supplier": None, "operator": None})]}
+    data = serde.encode(schemas.CAPTURE, v2_only)
+    assert int.from_bytes(data[1:5], "big") == schemas.LOCAL_IDS[schemas.CAPTURE]
+    assert serde.decode(data) == (schemas.CAPTURE, v2_only)
