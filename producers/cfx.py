@@ -15,7 +15,7 @@ Materials.Management.MaterialsInitialized          MaterialIdentified per Materi
 Materials.Management.MaterialsModified             MaterialIdentified per Materials[] (restated)
 Materials.Storage.MaterialsLoaded                  MaterialLoaded per Materials[] (MaterialLocation) on a slot
 Materials.Storage.MaterialCarriersLoaded           MaterialLoaded per package kitted on the carrier
-Materials.Storage.MaterialsUnloaded                MaterialUnloaded per MaterialPackageIdentifiers[]
+Materials.Storage.MaterialsUnloaded                PackageUnloaded per MaterialPackageIdentifiers[]
 Materials.Storage.MaterialCarriersUnloaded         MaterialUnloaded per package on the carrier
 Production.WorkStarted                             (nothing; remembers Units, WorkOrderIdentifier)
 Production.WorkCompleted                           UnitCompleted per unit
@@ -49,9 +49,10 @@ Field by field, SDK -> here:
   the carrier (``CarrierInformation.UniqueIdentifier``) goes on ``LocationIdentifier``, with every
   package kitted onto it in this feed; MaterialCarriersUnloaded takes them off with it (the SDK:
   the packages stay in the carrier).
-* ``MaterialsUnloaded.MaterialPackageIdentifiers`` names packages only: their slot and part come
-  from the earlier load on the same station, remembered in the ``CfxContext`` the caller passes
-  along a feed; without it they are rejected.
+* ``MaterialsUnloaded.MaterialPackageIdentifiers`` names packages only: a PackageUnloaded each, and
+  the stream's join finds the slot and material holding that identifier on the station (also for
+  a load it receives later, within the grace). Nothing here remembers the load, so an unload after
+  a gateway restart, or in another file, works.
 * ``UnitPosition`` (WorkStarted.Units, UnitsDisqualified.Units): ``UnitIdentifier`` names the unit,
   or a panel/carrier with the unit at ``PositionNumber`` (``UnitPositionNumber`` on
   ProcessedUnit, InstalledMaterial, InspectedUnit, TestedUnit). With ``context.qualify_positions``
@@ -108,7 +109,6 @@ class CfxContext:
     """Per-feed settings and what earlier messages said that later ones refer to by id only."""
     unit_item: str = "UNKNOWN"
     qualify_positions: bool = False
-    packages: dict[tuple[str, str], tuple[str, dict]] = field(default_factory=dict)  # (station, package) -> (slot, material ref)
     transactions: dict[str, dict] = field(default_factory=dict)                     # TransactionID -> WorkStarted body
     carriers: dict[str, dict[str, dict]] = field(default_factory=dict)              # carrier id -> package id -> material ref
     carrier_slots: dict[tuple[str, str], str] = field(default_factory=dict)         # (station, carrier id) -> slot
@@ -204,7 +204,6 @@ def _loaded(msg: _Msg, out: MapResult) -> None:
                 out.skip(f"{msg.origin}#{where}: package {material['ident']} kitted onto carrier {carrier}; "
                          "it is loaded when MaterialCarriersLoaded puts the carrier on a slot")
                 continue
-            msg.ctx.packages[(msg.station, material["ident"])] = (slot, material)
             out.events.append(event("MaterialLoaded", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms,
                                     station=msg.station, slot=slot, material=material, operator=None))
         except Bad as exc:
@@ -230,7 +229,6 @@ def _carriers_loaded(msg: _Msg, out: MapResult) -> None:
                 out.skip(f"{msg.origin}#{where}: carrier {carrier} holds no package this feed kitted")
             msg.ctx.carrier_slots[(msg.station, carrier)] = slot
             for k, material in enumerate(packages.values()):
-                msg.ctx.packages[(msg.station, material["ident"])] = (slot, material)
                 out.events.append(event("MaterialLoaded", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms,
                                         station=msg.station, slot=slot, material=material, operator=None))
         except Bad as exc:
@@ -253,22 +251,18 @@ def _carriers_unloaded(msg: _Msg, out: MapResult) -> None:
                                       f"{msg.station} earlier in this feed, so its slot is unknown", carrier))
             continue
         for k, material in enumerate(msg.ctx.carriers.get(carrier.strip(), {}).values()):
-            msg.ctx.packages.pop((msg.station, material["ident"]), None)
             out.events.append(event("MaterialUnloaded", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms,
                                     station=msg.station, slot=slot, material=material, operator=None))
 
 
 def _unloaded(msg: _Msg, out: MapResult) -> None:
+    """MaterialsUnloaded names packages only; the join finds their slot (PackageUnloaded), so an unload
+    needs no memory of the load here: a gateway restarted in between gives the same edges."""
     def build(i: int, where: str, package: Any) -> Event:
         if not isinstance(package, str) or not package.strip():
             raise Bad(f"{where}: {package!r} is not a package identifier")
-        known = msg.ctx.packages.pop((msg.station, package.strip()), None)
-        if known is None:
-            raise Bad(f"{where}: package {package!r} was not loaded on {msg.station} earlier in this feed, "
-                      "so its slot and part number are unknown")
-        slot, material = known
-        return event("MaterialUnloaded", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
-                     slot=slot, material=material, operator=None)
+        return event("PackageUnloaded", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
+                     package=package.strip(), operator=None)
     _each(msg, out, "MaterialPackageIdentifiers", msg.body.get("MaterialPackageIdentifiers"), build, objects=False)
 
 

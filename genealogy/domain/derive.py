@@ -19,7 +19,8 @@ from genealogy.domain.join import Completion, Consumption, Late, StationJoin
 MIN_EVENT_MS = 946_684_800_000
 FUTURE_SLACK_MS = 24 * 3600 * 1000
 
-TEMPORAL = {"genealogy.MaterialLoaded", "genealogy.MaterialUnloaded", "genealogy.UnitCompleted", "genealogy.StationHeartbeat"}
+TEMPORAL = {"genealogy.MaterialLoaded", "genealogy.MaterialUnloaded", "genealogy.PackageUnloaded", "genealogy.UnitCompleted",
+            "genealogy.StationHeartbeat"}
 
 
 class Invalid(ValueError):
@@ -171,6 +172,11 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
                 j = join_for(e["station"])
                 collect(e["station"], j.material(e["event_id"], e["event_ms"], e["slot"], material,
                                                  kind == "genealogy.MaterialLoaded"), kind, e)
+            elif kind == "genealogy.PackageUnloaded":
+                package = e["package"].strip()
+                if not package:
+                    raise Invalid("package is empty")
+                collect(e["station"], join_for(e["station"]).package_unloaded(e["event_id"], e["event_ms"], package), kind, e)
             elif kind == "genealogy.UnitCompleted":
                 unit = node_of(e["unit"], "unit", ("serial",))
                 lot = production_lot_node(unit, e["production_lot"])

@@ -46,6 +46,9 @@ PENDING_RING = 1024  # buckets per station; entries carry their own time, so a w
 # slot's history, and doing it on every event cost a tenth of the worker's join time.
 FOLD_STEP_MS = 60_000
 SEP = "\x1e"
+# Unloads that name a package only (its identifier, not its slot or item) are kept under this slot
+# name, so that a load of the package that arrives after its unload still gets it.
+PACKAGE_SLOT = "\x1d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,13 @@ def _time(entry: list) -> int:
 
 def _slot_of(material_key: str) -> str:
     return material_key.split("\x1f", 1)[0]
+
+
+def _ident(material_key: str) -> str:
+    """The identifier of a material key's node (``slot\x1fkind:item:ident``)."""
+    material = material_key.split("\x1f", 1)[1]
+    parts = material.split(":", 2)
+    return parts[2] if len(parts) == 3 else material
 
 
 class StationJoin:
@@ -174,11 +184,47 @@ class StationJoin:
         self._loaded = None
         self._dirty_materials.add(key)
         self._dirty_meta = True
+        if loaded:  # unloads of this package by identifier that came first
+            for unload_ms, _, unload_id in self.state["materials"].get(f"{PACKAGE_SLOT}\x1f{_ident(key)}", ()):
+                if unload_ms > event_ms:
+                    self._unload_at(key, unload_ms, unload_id)
         wm = self.watermark
         if wm is not None and event_ms < wm:
             return Late(event_id, f"material event at {event_ms} is {wm - event_ms} ms behind the station watermark {wm} "
                                   f"(grace {self.grace_ms} ms): applied from now on; earlier answers need `genealogy reprocess`")
         return self._advance(event_ms)
+
+    def package_unloaded(self, event_id: str, event_ms: int, package: str) -> list[Consumption] | Late:
+        """An unload naming the package only: every material of the station with that identifier that is
+        loaded at event_ms is unloaded then, whatever its slot; a load of it that comes later (disorder
+        within the grace) is unloaded by it too (``material``)."""
+        key = f"{PACKAGE_SLOT}\x1f{package}"
+        history = self.state["materials"].setdefault(key, [])
+        if any(entry[2] == event_id for entry in history):
+            return []
+        insort(history, [event_ms, UNLOAD, event_id])
+        self._dirty_materials.add(key)
+        self._dirty_meta = True
+        self._loaded = None
+        for other in list(self.state["materials"]):
+            if not other.startswith(PACKAGE_SLOT) and _ident(other) == package:
+                self._unload_at(other, event_ms, event_id)
+        wm = self.watermark
+        if wm is not None and event_ms < wm:
+            return Late(event_id, f"package unload at {event_ms} is {wm - event_ms} ms behind the station watermark {wm} "
+                                  f"(grace {self.grace_ms} ms): applied from now on; earlier answers are corrected later")
+        return self._advance(event_ms)
+
+    def _unload_at(self, key: str, event_ms: int, event_id: str) -> None:
+        """Unload the material of ``key`` at event_ms if it is loaded just before (a load at the same instant
+        sorts after the unload, so it stays)."""
+        history = self.state["materials"][key]
+        if any(entry[2] == event_id for entry in history):
+            return
+        i = bisect_right(history, event_ms, key=_time)
+        if i and history[i - 1][1] == LOAD and history[i - 1][0] < event_ms:
+            insort(history, [event_ms, UNLOAD, event_id])
+            self._dirty_materials.add(key)
 
     def completed(self, c: Completion) -> list[Consumption] | Late:
         bucket = _bucket(c.event_ms)

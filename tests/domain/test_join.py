@@ -249,3 +249,47 @@ def test_join_matches_reference_across_laps_of_the_pending_ring(log):
         unit = reference.nid(e["unit"])
         assert {m for m, u in edges if u == unit} == {m for m, u in truth if u == unit}, e
     assert table["ST"]["buckets"] == []
+
+
+@st.composite
+def log_with_package_unloads(draw):
+    """A station log in which some unloads name the package only (CFX MaterialsUnloaded), arriving in any
+    order within the grace, before or after the loads they undo."""
+    events, _, _ = draw(station_log())
+    for i in range(draw(st.integers(1, 8))):
+        events.append(("genealogy.PackageUnloaded", {
+            "event_id": f"pu{i}", "event_ms": BASE_MS + draw(st.integers(0, 5_000)), "station": "ST",
+            "package": draw(st.sampled_from(MATERIALS))[2], "operator": None}))
+    jitter = [draw(st.integers(0, GRACE - 1)) for _ in events]
+    arrival = [e for _, e in sorted(zip(jitter, events), key=lambda je: (je[1][1]["event_ms"] + je[0], je[1][1]["event_id"]))]
+    if draw(st.booleans()):
+        arrival = [x for e in arrival for x in (e, e)]
+    cuts = sorted(draw(st.lists(st.integers(0, len(arrival)), max_size=6)))
+    return events, arrival, cuts
+
+
+@settings(max_examples=300, deadline=None)
+@given(log_with_package_unloads())
+def test_an_unload_naming_the_package_only_finds_its_slot_in_the_state(log):
+    events, arrival, cuts = log
+    edges, _, rejected, _ = run(arrival, cuts)
+    assert rejected == []
+    assert edges == reference.consumed_sweep(events)
+
+
+def test_an_unload_by_package_after_a_gateway_restart_equals_the_unload_by_slot():
+    """The same feed, once with unloads naming slot and material, once naming the package only."""
+    def feed(by_package: bool):
+        load = ("genealogy.MaterialLoaded", {"event_id": "l1", "event_ms": BASE_MS, "station": "ST", "slot": "S1",
+                                             "material": ref("lot", "CAP", "REEL-7"), "operator": None})
+        unload = (("genealogy.PackageUnloaded", {"event_id": "x1", "event_ms": BASE_MS + 500, "station": "ST",
+                                                 "package": "REEL-7", "operator": None}) if by_package else
+                  ("genealogy.MaterialUnloaded", {"event_id": "x1", "event_ms": BASE_MS + 500, "station": "ST", "slot": "S1",
+                                                  "material": ref("lot", "CAP", "REEL-7"), "operator": None}))
+        units = [("genealogy.UnitCompleted", {"event_id": f"u{i}", "event_ms": BASE_MS + 200 * i, "station": "ST",
+                                              "unit": ref("serial", "PRD", f"P{i}"), "production_lot": "PL1",
+                                              "work_order": "WO1", "operator": None}) for i in range(5)]
+        return run([load, units[0], units[1]] + [unload] + units[2:], cuts=[3])[0]
+    assert feed(by_package=True) == feed(by_package=False) == {("lot:CAP:REEL-7", "serial:PRD:P0"),
+                                                               ("lot:CAP:REEL-7", "serial:PRD:P1"),
+                                                               ("lot:CAP:REEL-7", "serial:PRD:P2")}

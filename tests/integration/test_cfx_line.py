@@ -1,7 +1,8 @@
 """An SMT line speaking IPC-CFX as the SDK defines it, through `genealogy ingest --format cfx` into a
 running stack: reels received with their supplier lots (MaterialsInitialized, some before the reels
 are loaded and some long after), loaded and changed on two stations and two slots (a change exactly
-at a completion instant), work orders from WorkStarted's WorkOrderIdentifier, and malformed lines.
+at a completion instant), work orders from WorkStarted's WorkOrderIdentifier, malformed lines, and a
+gateway restart between loads and their unloads (two ingest runs).
 
 The recall of each supplier lot and of each reel, and the trace of sample boards, must equal a
 brute-force reference computed from the generated truth.
@@ -90,16 +91,38 @@ def reference_recall(truth: dict, supplier_lot: str | None = None, reel: str | N
     return sorted(u for u, used in truth["consumed"].items() if used & reels)
 
 
+def split_for_a_gateway_restart(lines: list[str]) -> tuple[list[str], list[str]]:
+    """Two files, as a gateway restarted mid-shift writes them: the cut is where no work transaction is
+    open (a WorkCompleted without its units needs its WorkStarted in the same run), and the second file
+    unloads reels the first one loaded."""
+    names = [json.loads(line).get("MessageName") if line.startswith("{\"") else None for line in lines]
+    open_tx, cuts = set(), []
+    for i, line in enumerate(lines):
+        if names[i] in ("CFX.Production.WorkStarted", "CFX.Production.WorkCompleted"):
+            open_tx ^= {json.loads(line)["MessageBody"]["TransactionID"]}
+            if not open_tx and i >= len(lines) // 2:
+                cuts.append(i + 1)
+    cut = cuts[0]
+    loaded_before = {m["MaterialPackage"]["UniqueIdentifier"] for line, n in zip(lines[:cut], names[:cut])
+                     if n == "CFX.Materials.Storage.MaterialsLoaded" for m in json.loads(line)["MessageBody"]["Materials"]}
+    unloaded_after = {p for line, n in zip(lines[cut:], names[cut:]) if n == "CFX.Materials.Storage.MaterialsUnloaded"
+                      for p in json.loads(line)["MessageBody"]["MaterialPackageIdentifiers"]}
+    assert loaded_before & unloaded_after
+    return lines[:cut], lines[cut:]
+
+
 def test_supplier_lots_of_a_cfx_line_are_recalled_exactly(tmp_path):
     lines, truth = smt_line()
-    feed = tmp_path / "line1.cfx.jsonl"
-    feed.write_text("\n".join(lines) + "\n")
     stack = start_stack(tmp_path)
     try:
-        out = cli(stack, "ingest", "--format", "cfx", str(feed), "--json")
-        assert out.returncode == 1, out.stderr  # the malformed lines are rejected, the rest goes through
-        summary = json.loads(out.stdout)
-        assert summary["rejects"] == 2, summary
+        rejects = 0
+        for n, part in enumerate(split_for_a_gateway_restart(lines)):
+            feed = tmp_path / f"line1.part{n}.cfx.jsonl"
+            feed.write_text("\n".join(part) + "\n")
+            out = cli(stack, "ingest", "--format", "cfx", str(feed), "--json")
+            assert out.returncode in (0, 1), out.stderr  # 1: malformed lines rejected, the rest goes through
+            rejects += json.loads(out.stdout)["rejects"]
+        assert rejects == 2
         client = ServiceClient.for_settings(stack.settings)
         wait_drained(client, settle_s=3.0, timeout=180)
 

@@ -47,6 +47,8 @@ def consumed_sweep(events: list[tuple[str, dict]]) -> set[tuple[str, str]]:
         if kind in ("genealogy.MaterialLoaded", "genealogy.MaterialUnloaded"):
             rank = 1 if kind.endswith("Loaded") else 0
             by_station[e["station"]].append((e["event_ms"], 0, rank, e["event_id"], e["slot"], nid(e["material"])))
+        elif kind == "genealogy.PackageUnloaded":  # every material with that identifier, whatever its slot
+            by_station[e["station"]].append((e["event_ms"], 0, 0, e["event_id"], None, e["package"]))
         elif kind == "genealogy.UnitCompleted":
             # Sorts after every material event at the same time: those count for it.
             by_station[e["station"]].append((e["event_ms"], 1, 0, e["event_id"], "", nid(e["unit"])))
@@ -56,6 +58,10 @@ def consumed_sweep(events: list[tuple[str, dict]]) -> set[tuple[str, str]]:
         for _, is_completion, rank, _, slot, node_id in sorted(timeline):
             if is_completion:
                 out.update((material, node_id) for (_, material), loaded in on.items() if loaded)
+            elif slot is None:
+                for key in on:
+                    if key[1].split(":", 2)[2] == node_id:
+                        on[key] = False
             else:
                 on[(slot, node_id)] = rank == 1
     return out
