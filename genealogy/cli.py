@@ -12,6 +12,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from enum import Enum
 from typing import Annotated, NoReturn, Optional
 
 import typer
@@ -398,6 +399,26 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
         raise typer.Exit(1)
 
 
+class PlantFormat(str, Enum):
+    native = "native"
+    cfx = "cfx"
+
+
+FormatOption = Annotated[PlantFormat, typer.Option("--format", help=(
+    "native: the plant's capture events; cfx: its SMT and assembly stations speak IPC-CFX 2.1 (reels, and goods "
+    "receipt naming each reel's supplier lot), mapped as `genealogy ingest --format cfx` does"))]
+
+
+def _plant_batches(plant, fmt: PlantFormat) -> list[dict]:
+    if fmt is PlantFormat.native:
+        return plant.batches()
+    from genealogy.producers.cfx_plant import plant_as_cfx
+    from genealogy.producers.ingest import ingest_lines
+
+    messages, native = plant_as_cfx(plant)
+    return ingest_lines((json.dumps(m) for m in messages), "cfx", "plant.cfx").batches + native
+
+
 @app.command()
 def simulate(units: Annotated[int, typer.Option(help="Products to build")] = 5_000,
              lot_size: Annotated[int, typer.Option(help="Units per production lot")] = 5_000,
@@ -406,6 +427,7 @@ def simulate(units: Annotated[int, typer.Option(help="Products to build")] = 5_0
              disorder_ms: Annotated[int, typer.Option(help="Shuffle each station's events within this bound")] = 0,
              duplicate_every: Annotated[int, typer.Option(help="Send every N-th event twice (0 = never)")] = 0,
              bad_events: Annotated[int, typer.Option(help="Invalid events to include")] = 0,
+             fmt: FormatOption = PlantFormat.native,
              data_dir: DataDir = None, as_json: Json = False) -> None:
     """Publish a simulated plant's capture events to the stack's broker."""
     from genealogy.producers.simulator import Plant
@@ -413,8 +435,8 @@ def simulate(units: Annotated[int, typer.Option(help="Products to build")] = 5_0
     s = _settings(data_dir)
     plant = Plant(units=units, lot_size=lot_size, faulty_units=faulty_units, seed=seed, disorder_ms=disorder_ms,
                   duplicate_every=duplicate_every, bad_events=bad_events).generate()
-    sent = _publish(s, plant.batches(), as_json)
-    result = {"events": sent, "faulty_lot": plant.faulty_lot, "bootstrap": s.kafka_bootstrap}
+    sent = _publish(s, _plant_batches(plant, fmt), as_json)
+    result = {"events": sent, "faulty_lot": plant.faulty_lot, "format": fmt.value, "bootstrap": s.kafka_bootstrap}
     out.print_json(data=result) if as_json else console.print(f"published {sent:,} capture events to {s.kafka_bootstrap}")
 
 
@@ -439,10 +461,11 @@ def _progress(quiet: bool) -> Progress:
 
 
 @app.command()
-def demo(data_dir: DataDir = None, as_json: Json = False) -> None:
+def demo(fmt: FormatOption = PlantFormat.native, data_dir: DataDir = None, as_json: Json = False) -> None:
     """The brief's scenario on the embedded stack: a faulty supplier batch in a 5,000-unit lot; serial vs lot recall.
 
-    Uses the stack running on --data-dir, or starts one for the run and stops it afterwards."""
+    Uses the stack running on --data-dir, or starts one for the run and stops it afterwards. With
+    --format cfx the stations load reels and the recall goes from the supplier lot through them."""
     from genealogy.producers.simulator import Plant
 
     s = _settings(data_dir)
@@ -463,7 +486,7 @@ def demo(data_dir: DataDir = None, as_json: Json = False) -> None:
         if already:
             console.print("demo plant already in the store; asking it again")
         else:
-            _publish(s, plant.batches(), as_json)
+            _publish(s, _plant_batches(plant, fmt), as_json)
             _publish_corrupt(s)
             with console.status("stream joining, sink writing") as spinner:
                 wait_drained(client, settle_s=s.idle_flush_s * 2 + 3, on_poll=lambda st: spinner.update(

@@ -594,10 +594,17 @@ WHERE startsWith(parent, {prefix:String}) AND relation IN {as_built:Array(String
 # One row per lot consumed directly by a unit of the item: how many of the item's units it reached
 # (serial scope), the units of the item's production lots it reached (lot scope), whether it has
 # as-built inputs itself (a mixed / transformed lot: it widens the scope of anything upstream).
+# A package (reel) with a supplier lot counts as that lot: the bad input a recall starts from is the
+# supplier's lot, of which the reel is one part.
 INPUT_LOTS_SQL = """
-WITH uses AS (
-    SELECT DISTINCT child AS lot, parent AS unit FROM edges
+WITH direct AS (
+    SELECT DISTINCT child, parent FROM edges
     WHERE startsWith(parent, {prefix:String}) AND startsWith(child, 'lot:') AND relation IN {as_built:Array(String)}
+), supplied AS (
+    SELECT DISTINCT child AS supplier_lot, parent AS package FROM edges WHERE relation = 'supplied'
+), uses AS (
+    SELECT DISTINCT if(supplied.supplier_lot != '', supplied.supplier_lot, direct.child) AS lot, direct.parent AS unit
+    FROM direct LEFT JOIN supplied ON supplied.package = direct.child
 ), lot_sizes AS (
     SELECT production_lot, uniqExact(unit) AS n FROM units WHERE startsWith(unit, {prefix:String}) GROUP BY production_lot
 ), reached AS (

@@ -153,6 +153,14 @@ def test_supplier_lots_of_a_cfx_line_are_recalled_exactly(tmp_path):
                 assert [(c["node"], c["relation"]) for c in components[reel_node]["components"]] == [(lot_node, "supplied")]
             assert t["supplier_lots"] == sorted(set(expected.values()))
 
+        # Granularity counts the supplier lot as the bad input, not each of its reels.
+        code, g = client.get("/granularity", item=BOARD)
+        assert code == 200, g
+        [profile] = g["items"]
+        assert profile["input_lots"] == len(lots)
+        per_lot = [len(reference_recall(truth, supplier_lot=lot)) for lot in lots]
+        assert profile["typical_recall"]["serial"] == round(sum(per_lot) / len(per_lot), 2)
+
         # Work orders from WorkOrderIdentifier.WorkOrderId; production lots from its Batch.
         assert sql(client, "SELECT DISTINCT work_order FROM units") == [["WO-77"]]
         # Every consumed reel has its supplier lot.

@@ -103,10 +103,13 @@ def test_two_workers_give_the_same_edges_as_one(tmp_path):
         stack.stop()
 
 
-def test_demo_reproduces_the_brief(tmp_path):
+@pytest.mark.parametrize("fmt", ["native", "cfx"])
+def test_demo_reproduces_the_brief(tmp_path, fmt):
+    """--format cfx: the stations load reels and goods receipt names their supplier lots; the recall of
+    the faulty supplier lot goes through its reels to the same units."""
     env = {**os.environ, "GENEALOGY_BROKER_PORT": str(free_port()), "GENEALOGY_HTTP_PORT": str(free_port())}
-    run = subprocess.run([sys.executable, "-m", "genealogy.cli", "demo", "--json", "--data-dir", str(tmp_path / "demo")],
-                         env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "genealogy.cli", "demo", "--format", fmt, "--json",
+                          "--data-dir", str(tmp_path / "demo")], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     body = json.loads(run.stdout)
     assert (body["serial_scope"]["count"], body["lot_scope"]["count"], body["difference"]) == (140, 5000, 4860)
