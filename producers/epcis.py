@@ -105,8 +105,10 @@ def _map_event(raw: Any) -> MapResult:
         if not outputs:
             raise Bad("outputEPCList/outputQuantityList: a transformation needs at least one output")
         for where, n, _ in outputs:
-            if ids.kind_of(n) not in ("serial", "lot"):
-                raise Bad(f"{where}: output {n} is {ids.kind_of(n)}-level; a transformation output must be a lot or a serial")
+            # A class-level output (a GTIN with no lot or serial) is kept as a class: node, listed in
+            # untraceable like a class-level input; the event's other edges land.
+            if ids.kind_of(n) not in ("serial", "lot", "class"):
+                raise Bad(f"{where}: output {n} is {ids.kind_of(n)}-level; a transformation output must be a lot, a serial or a class")
         work_order = _transaction(raw, ("prodorder", "po")) or event_id
         out.events.append(event("LotTransformed", event_id=event_id, **common,
                                 inputs=[{"node": ref(n), "quantity": q} for _, n, q in inputs],

@@ -103,7 +103,7 @@ def stateless_edges(kind: str, e: dict) -> list[dict]:
         if not e["inputs"] or not e["outputs"]:
             raise Invalid("a transformation needs at least one input and one output")
         ins = [(node_of(q["node"], f"inputs[{i}]", ("serial", "lot", "class")), q["quantity"]) for i, q in enumerate(e["inputs"])]
-        outs = [node_of(q["node"], f"outputs[{i}]", ("serial", "lot")) for i, q in enumerate(e["outputs"])]
+        outs = [node_of(q["node"], f"outputs[{i}]", ("serial", "lot", "class")) for i, q in enumerate(e["outputs"])]
         if any(q < 0 for _, q in ins):
             raise Invalid("input quantities must not be negative")
         return [edge(i, o, "transformed", e["event_ms"], e["station"], e["event_id"], operator=op,

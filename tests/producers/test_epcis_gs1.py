@@ -1,0 +1,54 @@
+"""The EPCIS mapper on GS1's own EPCIS 2.0 examples (tests/fixtures/epcis/gs1, copied unchanged from
+the gs1/EPCIS repository; SOURCES.md names the commit)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from genealogy.domain import ids
+from genealogy.domain.derive import derive
+from genealogy.producers.epcis import map_epcis
+from genealogy.producers.mapping import by_station
+
+GS1 = Path(__file__).parents[1] / "fixtures" / "epcis" / "gs1"
+EXAMPLES = sorted(GS1.rglob("*.jsonld"))
+
+
+def test_every_gs1_example_is_here():
+    assert len(EXAMPLES) == 47
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: str(p.relative_to(GS1)))
+def test_every_gs1_example_maps_without_an_unexplained_loss(path):
+    """Each event of a document is events, a reject with a reason, or counted unknown with a note."""
+    doc = json.loads(path.read_text())
+    r = map_epcis(doc, origin=path.name)
+    assert r.events or r.rejects or r.unknown
+    assert all(x.reason for x in r.rejects)
+    assert len(r.notes) == r.unknown
+
+
+@pytest.mark.parametrize("name,output", [
+    ("WithErrorDeclaration/ErrorDeclarationAndCorrectiveEvent.jsonld", "class:04012345444445:*"),
+    ("WithFullCombinationOfFields/transformation_event_all_possible_fields.jsonld", "class:04012345666663:*"),
+])
+def test_a_class_level_transformation_output_keeps_the_rest_of_the_event(name, output):
+    """A class-level output is a class: node, reported untraceable; the event's other edges still land
+    (it used to reject the whole event)."""
+    r = map_epcis(json.loads((GS1 / name).read_text()), origin=name)
+    transformed = [e for k, e in r.events if k == "genealogy.LotTransformed"]
+    assert transformed and not [x for x in r.rejects if "class-level" in x.reason]
+    outputs = {ids.node(**q["node"]) for e in transformed for q in e["outputs"]}
+    assert output in outputs and output in r.untraceable
+    edges = set()
+    for station, events in by_station(r.events).items():
+        out = derive({"batch_id": "b", "source": station, "sent_ms": 0, "events": events}, {}, 10_000, 3_600_000,
+                     now_ms=2_000_000_000_000)
+        assert not [x for x in out.rejected if x.kind == "genealogy.LotTransformed"], out.rejected
+        edges |= {(e["child"], e["parent"], e["relation"]) for e in out.edges}
+    assert any(parent == output and relation == "transformed" for _, parent, relation in edges)
+    # Lot and serial outputs of the same event are there as well.
+    assert {p for _, p, rel in edges if rel == "transformed"} == outputs
