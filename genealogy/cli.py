@@ -241,6 +241,9 @@ def _print_recall(body: dict) -> None:
     out.print(table)
     out.print(f"containers: {len(body['containers']):,}   shipments: {len(body['shipments']):,}   "
               f"lots: {len(body['lots']):,}   levels: {body['levels']}   query: {body['query_ms']} ms")
+    if body.get("business_transactions"):
+        out.print("business transactions (whom to notify): " + ", ".join(body["business_transactions"][:10])
+                  + (" ..." if len(body["business_transactions"]) > 10 else ""))
     if body["widened_by"]:
         out.print("widened by lot nodes on the path: " + ", ".join(f"{k} (+{v:,})" for k, v in body["widened_by"].items()))
     if body["shipments"]:

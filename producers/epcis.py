@@ -14,6 +14,12 @@ EPCISQueryDocument) or a single event and returns a ``MapResult``:
   serial in epcList; bizStep shipping with a bizTransaction or destination ->
   ``Packed`` of epcList + quantityList into ``shipment:shipment:<id>``. Other
   object events (and other event types) say nothing for genealogy: ``unknown``.
+* ``bizTransactionList`` on any of these and on TransactionEvent -> ``TransactionLinked`` per
+  transaction: the event's objects (an aggregation's parent and children, a transformation's
+  outputs, the EPCs and classes of an object or transaction event, its parentID) belong to
+  ``transaction:<type>:<id>`` (type = the CBV short name, po, desadv, inv, ...), so a recall
+  lists the orders and despatch advices its units and shipments were part of. Unlinking
+  (action DELETE) is noted, not applied yet.
 
 Identifiers go through ``genealogy.domain.ids.normalize``, so the EPC URN and the GS1
 Digital Link of one thing give the same node; class-level patterns
@@ -89,14 +95,57 @@ def _map_event(raw: Any) -> MapResult:
     etype = _term(raw.get("type") or raw.get("@type"))
     if not etype:
         raise Bad("type: missing")
-    if etype not in ("TransformationEvent", "AggregationEvent", "ObjectEvent"):
+    if etype not in ("TransformationEvent", "AggregationEvent", "ObjectEvent", "TransactionEvent"):
         out.skip(f"{etype}: no genealogy mapping for this event type")
         return out
     event_ms = epoch_ms(raw.get("eventTime"), "eventTime")
     station = _station(raw)
     event_id = _text(raw.get("eventID")) or content_id(raw)
     common = dict(event_ms=event_ms, station=station)
+    _typed(raw, etype, event_id, common, out)
+    links = _transaction_links(raw, etype, event_id, common, out)
+    if links:
+        if out.unknown and not out.events:  # its business transactions are what it says for genealogy
+            out.unknown, out.notes = 0, []
+        out.events.extend(links)
+    elif etype == "TransactionEvent" and not out.unknown:
+        out.skip(f"TransactionEvent {event_id}: no bizTransactionList entry or no object to link")
+    return out
 
+
+def _transaction_links(raw: dict, etype: str, event_id: str, common: dict, out: MapResult) -> list[Event]:
+    """bizTransactionList on any event: each transaction -> a TransactionLinked of the event's objects
+    (an aggregation's parent and children, a transformation's outputs, an object or transaction
+    event's EPCs and classes, a transaction event's parent). Unlinking (action DELETE) is noted."""
+    entries = [e for e in raw.get("bizTransactionList") or [] if isinstance(e, dict) and _text(e.get("bizTransaction"))]
+    if not entries:
+        return []
+    if str(raw.get("action") or "").upper() == "DELETE":
+        out.skip(f"{etype} DELETE {event_id}: unlinking from a business transaction has no capture event yet")
+        return []
+    if etype == "TransformationEvent":
+        members = [n for _, n, _ in _nodes(raw, "outputEPCList", "outputQuantityList", out)]
+    elif etype == "AggregationEvent":
+        members = [n for _, n, _ in _nodes(raw, "childEPCs", "childQuantityList", out)]
+    else:
+        members = [n for _, n, _ in _nodes(raw, "epcList", "quantityList", out)]
+    if _text(raw.get("parentID")):
+        members.insert(0, _node(raw.get("parentID"), "parentID", out))
+    if not members:
+        return []
+    links = []
+    for i, e in enumerate(entries):
+        kind = _term(e.get("type")) or "unspecified"
+        transaction = node("transaction", kind, _text(e["bizTransaction"]), f"bizTransactionList[{i}]")
+        links.append(event("TransactionLinked", event_id=f"{event_id}#bt{i}", **common, transaction=ref(transaction),
+                           members=[ref(n) for n in dict.fromkeys(members)], operator=None))
+    return links
+
+
+def _typed(raw: dict, etype: str, event_id: str, common: dict, out: MapResult) -> MapResult:
+    """What the event's type and business step say for genealogy (``_transaction_links`` adds the rest)."""
+    if etype == "TransactionEvent":
+        return out
     if etype == "TransformationEvent":
         inputs = _nodes(raw, "inputEPCList", "inputQuantityList", out)
         outputs = _nodes(raw, "outputEPCList", "outputQuantityList", out)

@@ -115,6 +115,13 @@ def stateless_edges(kind: str, e: dict) -> list[dict]:
         if package == supplier_lot:
             raise Invalid("package and supplier_lot are the same node")
         return [edge(supplier_lot, package, "supplied", e["event_ms"], e["station"], e["event_id"], operator=op)]
+    if kind == "genealogy.TransactionLinked":
+        transaction = node_of(e["transaction"], "transaction", ("transaction",))
+        if not e["members"]:
+            raise Invalid("a transaction link needs at least one member")
+        members = [node_of(ref, f"members[{i}]", ("serial", "lot", "class", "container", "shipment"))
+                   for i, ref in enumerate(e["members"])]
+        return [edge(m, transaction, "transacted", e["event_ms"], e["station"], e["event_id"], operator=op) for m in members]
     if kind == "genealogy.Packed":
         container = node_of(e["container"], "container", ("container", "shipment"))
         if not e["contents"]:

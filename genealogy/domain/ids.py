@@ -7,6 +7,7 @@ A node id is ``kind:item:ident``:
 * ``class:<item>:*``          an item with no lot or serial (untraceable granularity)
 * ``container:<type>:<id>``   carton, pallet, SSCC logistic unit
 * ``shipment:shipment:<id>``  a shipment
+* ``transaction:<type>:<id>``  a business transaction (CBV type: po, desadv, inv, ...), whom to notify
 
 GS1 identifiers reduce to the same key whether they come as EPC URNs or as
 GS1 Digital Link URIs: the item is the GTIN-14 (or ``sscc`` for a logistic
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote, urlsplit
 
-KINDS = ("serial", "lot", "class", "container", "shipment")
+KINDS = ("serial", "lot", "class", "container", "shipment", "transaction")
 UNIT_KINDS = ("serial",)
 
 

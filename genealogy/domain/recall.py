@@ -81,6 +81,9 @@ class Recall:
     production_lots: dict[str, int]
     levels: int
     widened_by: dict[str, int] = field(default_factory=dict)
+    # Business transactions (orders, despatch advices, invoices) the reached units, containers and
+    # shipments belong to: whom a recall notice goes to.
+    transactions: list[str] = field(default_factory=list)
 
     @property
     def lot_scope_count(self) -> int:
@@ -96,6 +99,7 @@ class Recall:
             "lots": self.lots,
             "containers": self.containers,
             "shipments": self.shipments,
+            "business_transactions": self.transactions,
             "widened_by": self.widened_by,
             "levels": self.levels,
         }
@@ -218,7 +222,7 @@ def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope:
         unit_lots = {u: known_lots[u] for u in units if u in known_lots}
     lots = sorted(set(by_kind["lot"]) | set(unit_lots.values()))
     return Recall(target, since_ms, until_ms, units, lots, by_kind["container"], by_kind["shipment"],
-                  lot_scope, levels, _widening_lots(graph, by_kind["lot"]))
+                  lot_scope, levels, _widening_lots(graph, by_kind["lot"]), by_kind["transaction"])
 
 
 def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:

@@ -52,3 +52,28 @@ def test_a_class_level_transformation_output_keeps_the_rest_of_the_event(name, o
     assert any(parent == output and relation == "transformed" for _, parent, relation in edges)
     # Lot and serial outputs of the same event are there as well.
     assert {p for _, p, rel in edges if rel == "transformed"} == outputs
+
+
+def test_business_transactions_of_an_event_are_named_by_the_recall():
+    """GS1's Example 9.6.1 ships two SGTINs under a purchase order and a despatch advice (with two other
+    events of the file): a recall from a shipped object names both, so a recall notice can name the order."""
+    from genealogy.domain.recall import recall
+    from tests.support.graphs import MemGraph
+
+    doc = json.loads((GS1 / "Example_9.6.1-ObjectEvent.jsonld").read_text())
+    r = map_epcis(doc, origin="9.6.1")
+    links = [e for k, e in r.events if k == "genealogy.TransactionLinked"]
+    assert {(e["transaction"]["item"], e["transaction"]["ident"]) for e in links} == {
+        ("po", "http://transaction.acme.com/po/12345678"), ("desadv", "urn:epcglobal:cbv:bt:0614141073467:1152")}
+    edges = []
+    for station, events in by_station(r.events).items():
+        out = derive({"batch_id": "b", "source": station, "sent_ms": 0, "events": events}, {}, 10_000, 3_600_000,
+                     now_ms=2_000_000_000_000)
+        assert not out.rejected
+        edges += [(e["child"], e["parent"], e["relation"], e["event_ms"], e["station"]) for e in out.edges]
+    shipped = next(e for e in links if e["transaction"]["item"] == "desadv")["members"][0]
+    answer = recall(MemGraph(edges, {}), ids.node(**shipped)).as_dict()
+    assert answer["business_transactions"] == sorted({
+        "transaction:desadv:urn:epcglobal:cbv:bt:0614141073467:1152", "transaction:po:http://transaction.acme.com/po/12345678"}
+        & {parent for child, parent, relation, *_ in edges if relation == "transacted" and child == ids.node(**shipped)})
+    assert answer["business_transactions"]

@@ -292,7 +292,7 @@ def test_ingest_gives_the_mappers_events_in_station_batches():
     expected = map_epcis(json.loads((FIXTURES / "epcis/plant_document.jsonld").read_text()), origin="x")
     assert canonical(e for b in doc.batches for e in b["events"]) == canonical(expected.events)
     assert doc.untraceable == expected.untraceable
-    assert doc.counts == {"values": 1, "events": 8, "batches": 3, "rejects": 2, "unknown": 2, "untraceable": 1}
+    assert doc.counts == {"values": 1, "events": 11, "batches": 3, "rejects": 2, "unknown": 2, "untraceable": 1}
 
 
 def test_rejects_and_unknowns_are_dead_letters_naming_file_line_and_field():

@@ -105,7 +105,11 @@ def test_rejects_name_the_field_and_the_rest_continue(plant):
     assert "check digit" in reasons["plant_document.jsonld#eventList[3]"]
     assert reasons["plant_document.jsonld#eventList[7]"].startswith("eventTime: ")
     assert all(r.raw["type"] in ("AggregationEvent", "TransformationEvent") for r in plant.rejects)
-    assert len(plant.events) == 8  # 1 transformation + 3 completions, 2 packings, 2 commissioned serials
+    # 1 transformation + 3 completions, 2 packings, 2 commissioned serials, and 3 business transaction
+    # links (the transformation's production order, the shipment's purchase order and despatch advice)
+    assert len(plant.events) == 11
+    links = [e for k, e in plant.events if k == "genealogy.TransactionLinked"]
+    assert sorted(e["transaction"]["item"] for e in links) == ["desadv", "po", "prodorder"]
 
 
 def test_unpacking_and_plain_commissioning_are_counted_not_mapped(plant):
