@@ -61,7 +61,7 @@ def power_cut_and_restart(stack: Stack, probe: list[tuple[bytes, bytes]], probe_
         os.kill(proc.pid, signal.SIGKILL)
     for proc in stack.procs.values():
         proc.wait()
-    stack.procs.clear()
+    stack.stop()  # nothing left to signal: ends the dead stack's log trimming thread
     (stack.settings.data_dir / "run" / "stack.json").unlink(missing_ok=True)
     t0 = time.time()
     again = Stack(stack.settings)
