@@ -344,6 +344,10 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
            format: Annotated[str, typer.Option("--format", help="epcis (JSON / JSON-LD documents or events) or cfx (IPC-CFX messages, JSON lines)")],
            follow: Annotated[bool, typer.Option(help="Bridge mode: keep reading (a growing file, or stdin) until Ctrl-C")] = False,
            timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to take what was spooled")] = 60.0,
+           qualify_positions: Annotated[bool, typer.Option(help=(
+               "CFX: a UnitIdentifier listed at several positions names a panel or carrier; its units are "
+               "<UnitIdentifier>#<PositionNumber> (without this such entries are rejected, not guessed)"))] = False,
+           unit_item: Annotated[str, typer.Option(help="CFX: the part number of units whose messages carry none")] = "UNKNOWN",
            data_dir: DataDir = None, as_json: Json = False) -> None:
     """Capture plant standards: EPCIS 2.0 or IPC-CFX into the pipeline, through a durable local spool.
 
@@ -371,11 +375,12 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
         lines = sys.stdin.buffer if files[0] == "-" else follow_file(files[0], stop)
         console.print(f"bridging {files[0]} ({format}) -> {s.kafka_bootstrap}; Ctrl-C to stop")
         totals = run_bridge(s, lines, format, Path(files[0]).name, spool, stop,
+                            cfx_context=CfxContext(unit_item=unit_item, qualify_positions=qualify_positions),
                             on_chunk=lambda r, f: console.print(f"  {r.counts['events']} events, {r.counts['rejects']} rejects, "
                                                                 f"spool backlog {f.backlog()['rows']}"))
         out.print_json(data=totals) if as_json else console.print(f"stopped: {totals}")
         return
-    context = CfxContext()
+    context = CfxContext(unit_item=unit_item, qualify_positions=qualify_positions)
     summary = {"files": [], "rejects": 0, "remaining_in_spool": 0, "quarantined_in_spool": 0}
     for name in files:
         # Streamed: memory stays bounded whatever the file's size (producers.ingest.publish_path).

@@ -567,7 +567,8 @@ def publish_path(settings: Settings, path: str | Path, fmt: str, spool: Spool, *
 
 def run_bridge(settings: Settings, lines: Iterable[str | bytes], fmt: str, origin: str, spool: Spool,
                stop: threading.Event, *, max_events: int = 500, max_ms: int = 1000, keep_unknown: bool = True,
-               on_chunk=lambda result, forwarder: None, drain_timeout: float = 30.0) -> dict:
+               on_chunk=lambda result, forwarder: None, drain_timeout: float = 30.0,
+               cfx_context: CfxContext | None = None) -> dict:
     """The long-running bridge: map a feed, spool each chunk, forward continuously on a second
     thread, until the input ends or ``stop`` is set. Returns the totals and the final backlog."""
     serde = schemas.serde_for(settings)
@@ -577,7 +578,7 @@ def run_bridge(settings: Settings, lines: Iterable[str | bytes], fmt: str, origi
     thread.start()
     totals: dict[str, int] = {}
     try:
-        for chunk in bridge(lines, fmt, origin, max_events=max_events, max_ms=max_ms, stop=stop):
+        for chunk in bridge(lines, fmt, origin, max_events=max_events, max_ms=max_ms, stop=stop, cfx_context=cfx_context):
             spool_ingest(settings, chunk, spool, serde=serde, keep_unknown=keep_unknown)
             for k, v in chunk.counts.items():
                 totals[k] = totals.get(k, 0) + v

@@ -1,7 +1,8 @@
 """An SMT line speaking IPC-CFX as the SDK defines it, through `genealogy ingest --format cfx` into a
 running stack: reels received with their supplier lots (MaterialsInitialized, some before the reels
 are loaded and some long after), loaded and changed on two stations and two slots (a change exactly
-at a completion instant), work orders from WorkStarted's WorkOrderIdentifier, malformed lines, and a
+at a completion instant), panels (one placer's units are positions of a panel), work orders from
+WorkStarted's WorkOrderIdentifier, malformed lines, and a
 gateway restart between loads and their unloads (two ingest runs).
 
 The recall of each supplier lot and of each reel, and the trace of sample boards, must equal a
@@ -62,13 +63,16 @@ def smt_line(seed: int = 7, units: int = 60, reel_units: int = 11) -> tuple[list
                     loaded[slot] = reel
             unit = f"{station.split('.')[1]}-{u:04d}"
             tx = f"tx-{station}-{u}"
+            # Placer2 builds panels of two boards: the SDK's carrier + PositionNumber form of UnitPosition.
+            positions = [1, 2] if station.endswith("Placer2") else [1]
             messages.append((t - 400, envelope("CFX.Production.WorkStarted", station, t - 400, f"m{next(uid)}", {
-                "TransactionID": tx, "Lane": 1, "UnitCount": 1,
-                "Units": [{"UnitIdentifier": unit, "PositionNumber": 1, "PartNumber": BOARD}],
+                "TransactionID": tx, "Lane": 1, "UnitCount": len(positions),
+                "Units": [{"UnitIdentifier": unit, "PositionNumber": p, "PartNumber": BOARD} for p in positions],
                 "WorkOrderIdentifier": {"WorkOrderId": "WO-77", "Batch": f"WO-77-B{u // 20}"}})))
             messages.append((t, envelope("CFX.Production.WorkCompleted", station, t, f"m{next(uid)}",
                                          {"TransactionID": tx, "Result": "Completed"})))
-            consumed[f"serial:{BOARD}:{unit}"] = set(loaded.values())
+            for p in positions:
+                consumed[f"serial:{BOARD}:{unit}#{p}"] = set(loaded.values())
     # Goods receipt: the first half of the reels is identified before any load, the rest at the end.
     names = sorted(reels)
     for k, chunk in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
@@ -119,7 +123,7 @@ def test_supplier_lots_of_a_cfx_line_are_recalled_exactly(tmp_path):
         for n, part in enumerate(split_for_a_gateway_restart(lines)):
             feed = tmp_path / f"line1.part{n}.cfx.jsonl"
             feed.write_text("\n".join(part) + "\n")
-            out = cli(stack, "ingest", "--format", "cfx", str(feed), "--json")
+            out = cli(stack, "ingest", "--format", "cfx", "--qualify-positions", str(feed), "--json")
             assert out.returncode in (0, 1), out.stderr  # 1: malformed lines rejected, the rest goes through
             rejects += json.loads(out.stdout)["rejects"]
         assert rejects == 2
