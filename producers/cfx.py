@@ -167,7 +167,8 @@ def map_cfx_lines(lines: Iterable[str], *, origin: str, context: CfxContext | No
 # --- handlers: each appends events, or per-entry rejects, to `out` ----------------------
 
 def _each(msg: _Msg, out: MapResult, key: str, entries: Any, build, objects: bool = True) -> None:
-    """Map each entry of a list on its own: one bad entry is a reject, the others still map."""
+    """Map each entry of a list on its own: one bad entry is a reject, the others still map. ``build``
+    returns the entry's event, or a list of them (none: it noted why with ``out.skip``)."""
     if not isinstance(entries, list):
         raise Bad(f"{key}: missing or not a list")
     for i, entry in enumerate(entries):
@@ -175,7 +176,8 @@ def _each(msg: _Msg, out: MapResult, key: str, entries: Any, build, objects: boo
         try:
             if objects and not isinstance(entry, dict):
                 raise Bad(f"{where}: expected an object")
-            out.events.append(build(i, where, entry))
+            built = build(i, where, entry)
+            out.events.extend(built if isinstance(built, list) else [built])
         except Bad as exc:
             out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), entry))
 
@@ -183,56 +185,39 @@ def _each(msg: _Msg, out: MapResult, key: str, entries: Any, build, objects: boo
 def _loaded(msg: _Msg, out: MapResult) -> None:
     """MaterialsLoaded, the SDK's three cases: a package onto a station slot; onto a carrier only (kitting:
     no LocationIdentifier; it reaches the station with MaterialCarriersLoaded); onto a carrier on a slot."""
-    entries = msg.body.get("Materials")
-    if not isinstance(entries, list):
-        raise Bad("Materials: missing or not a list")
-    for i, m in enumerate(entries):
-        where = f"Materials[{i}]"
-        try:
-            if not isinstance(m, dict):
-                raise Bad(f"{where}: expected an object")
-            material = _package(m.get("MaterialPackage"), f"{where}.MaterialPackage")
-            slot = _opt(m, "LocationIdentifier") or _opt(m, "LocationName")
-            carrier = _opt(m.get("CarrierInformation"), "UniqueIdentifier")
-            if carrier:
-                msg.ctx.carriers.setdefault(carrier, {})[material["ident"]] = material
-                if slot:
-                    msg.ctx.carrier_slots[(msg.station, carrier)] = slot
-            if not slot:
-                if not carrier:
-                    raise Bad(f"{where}.LocationIdentifier: missing, and no CarrierInformation either")
-                out.skip(f"{msg.origin}#{where}: package {material['ident']} kitted onto carrier {carrier}; "
-                         "it is loaded when MaterialCarriersLoaded puts the carrier on a slot")
-                continue
-            out.events.append(event("MaterialLoaded", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms,
-                                    station=msg.station, slot=slot, material=material, operator=None))
-        except Bad as exc:
-            out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), m))
+    def build(i: int, where: str, m: dict) -> list[Event]:
+        material = _package(m.get("MaterialPackage"), f"{where}.MaterialPackage")
+        slot = _opt(m, "LocationIdentifier") or _opt(m, "LocationName")
+        carrier = _opt(m.get("CarrierInformation"), "UniqueIdentifier")
+        if carrier:
+            msg.ctx.carriers.setdefault(carrier, {})[material["ident"]] = material
+            if slot:
+                msg.ctx.carrier_slots[(msg.station, carrier)] = slot
+        if not slot:
+            if not carrier:
+                raise Bad(f"{where}.LocationIdentifier: missing, and no CarrierInformation either")
+            out.skip(f"{msg.origin}#{where}: package {material['ident']} kitted onto carrier {carrier}; "
+                     "it is loaded when MaterialCarriersLoaded puts the carrier on a slot")
+            return []
+        return [event("MaterialLoaded", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
+                      slot=slot, material=material, operator=None)]
+    _each(msg, out, "Materials", msg.body.get("Materials"), build)
 
 
 def _carriers_loaded(msg: _Msg, out: MapResult) -> None:
     """MaterialCarriersLoaded: the packages kitted onto each carrier are loaded on its slot."""
-    entries = msg.body.get("Carriers")
-    if not isinstance(entries, list):
-        raise Bad("Carriers: missing or not a list")
-    for i, c in enumerate(entries):
-        where = f"Carriers[{i}]"
-        try:
-            if not isinstance(c, dict):
-                raise Bad(f"{where}: expected an object")
-            carrier = _opt(c.get("CarrierInformation"), "UniqueIdentifier")
-            slot = _opt(c, "LocationIdentifier") or _opt(c, "LocationName")
-            if not carrier or not slot:
-                raise Bad(f"{where}: needs CarrierInformation.UniqueIdentifier and LocationIdentifier")
-            packages = msg.ctx.carriers.get(carrier, {})
-            if not packages:
-                out.skip(f"{msg.origin}#{where}: carrier {carrier} holds no package this feed kitted")
-            msg.ctx.carrier_slots[(msg.station, carrier)] = slot
-            for k, material in enumerate(packages.values()):
-                out.events.append(event("MaterialLoaded", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms,
-                                        station=msg.station, slot=slot, material=material, operator=None))
-        except Bad as exc:
-            out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), c))
+    def build(i: int, where: str, c: dict) -> list[Event]:
+        carrier = _opt(c.get("CarrierInformation"), "UniqueIdentifier")
+        slot = _opt(c, "LocationIdentifier") or _opt(c, "LocationName")
+        if not carrier or not slot:
+            raise Bad(f"{where}: needs CarrierInformation.UniqueIdentifier and LocationIdentifier")
+        packages = msg.ctx.carriers.get(carrier, {})
+        if not packages:
+            out.skip(f"{msg.origin}#{where}: carrier {carrier} holds no package this feed kitted")
+        msg.ctx.carrier_slots[(msg.station, carrier)] = slot
+        return [event("MaterialLoaded", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms, station=msg.station,
+                      slot=slot, material=material, operator=None) for k, material in enumerate(packages.values())]
+    _each(msg, out, "Carriers", msg.body.get("Carriers"), build)
 
 
 def _carriers_unloaded(msg: _Msg, out: MapResult) -> None:
@@ -268,27 +253,18 @@ def _unloaded(msg: _Msg, out: MapResult) -> None:
 
 def _identified(msg: _Msg, out: MapResult) -> None:
     """MaterialsInitialized / MaterialsModified: each package's supplier lot (ManufacturerLotCode)."""
-    entries = msg.body.get("Materials")
-    if not isinstance(entries, list):
-        raise Bad("Materials: missing or not a list")
-    for i, m in enumerate(entries):
-        where = f"Materials[{i}]"
-        try:
-            if not isinstance(m, dict):
-                raise Bad(f"{where}: expected an object")
-            package = _package(m, where)
-            code = _opt(m, "ManufacturerLotCode")
-            if not code:
-                out.skip(f"{msg.origin}#{where}: package {package['ident']} has no ManufacturerLotCode")
-                continue
-            item = _opt(m, "ManufacturerPartNumber") or package["item"]
-            supplier = ", ".join(dict.fromkeys(filter(None, (_opt(m, "Manufacturer"), _opt(m, "Vendor"))))) or None
-            out.events.append(event("MaterialIdentified", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms,
-                                    station=msg.station, package=package,
-                                    supplier_lot=ref(node("lot", item, code, f"{where}.ManufacturerLotCode")),
-                                    supplier=supplier, operator=None))
-        except Bad as exc:
-            out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), m))
+    def build(i: int, where: str, m: dict) -> list[Event]:
+        package = _package(m, where)
+        code = _opt(m, "ManufacturerLotCode")
+        if not code:
+            out.skip(f"{msg.origin}#{where}: package {package['ident']} has no ManufacturerLotCode")
+            return []
+        item = _opt(m, "ManufacturerPartNumber") or package["item"]
+        supplier = ", ".join(dict.fromkeys(filter(None, (_opt(m, "Manufacturer"), _opt(m, "Vendor"))))) or None
+        return [event("MaterialIdentified", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
+                      package=package, supplier_lot=ref(node("lot", item, code, f"{where}.ManufacturerLotCode")),
+                      supplier=supplier, operator=None)]
+    _each(msg, out, "Materials", msg.body.get("Materials"), build)
 
 
 def _tested(msg: _Msg, out: MapResult, key: str, method_key: str, each_key: str, name_key: str) -> None:
@@ -344,37 +320,25 @@ def _installed(msg: _Msg, out: MapResult) -> None:
     InstalledUnitIdentifier); else one for the package (lot) the entry installed from."""
     entries = msg.body.get("InstalledMaterials")
     idents = _unit_idents(entries, "InstalledMaterials", msg.ctx)
-    if not isinstance(entries, list):
-        raise Bad("InstalledMaterials: missing or not a list")
-    for i, m in enumerate(entries):
-        where = f"InstalledMaterials[{i}]"
-        try:
-            if not isinstance(m, dict):
-                raise Bad(f"{where}: expected an object")
-            unit = _unit(m, idents[i], where, msg)
-            components = [c for c in (m.get("InstalledComponents") or []) if isinstance(c, dict)]
-            serials = [(k, _opt(c, "InstalledUnitIdentifier")) for k, c in enumerate(components) if _opt(c, "InstalledUnitIdentifier")]
-            if serials:
-                material = m.get("Material") if isinstance(m.get("Material"), dict) else {}
-                item = _opt(material, "InternalPartNumber")
-                if not item:
-                    raise Bad(f"{where}.Material.InternalPartNumber: missing, so the installed sub-assemblies' "
-                              "part number is unknown")
-                for k, serial in serials:
-                    out.events.append(event(
-                        "ComponentInstalled", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms, station=msg.station,
-                        unit=unit, component=ref(node("serial", item, serial, f"{where}.InstalledComponents[{k}].InstalledUnitIdentifier")),
-                        quantity=1.0, operator=None))
-                continue
-            component = _package(m.get("Material"), f"{where}.Material")
-            quantity = m.get("QuantityInstalled") or len(components) or 1.0
-            if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
-                raise Bad(f"{where}.QuantityInstalled: {quantity!r} is not a positive number")
-            out.events.append(event("ComponentInstalled", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms,
-                                    station=msg.station, unit=unit, component=component, quantity=float(quantity),
-                                    operator=None))
-        except Bad as exc:
-            out.rejects.append(Reject(f"{msg.origin}#{where}", str(exc), m))
+
+    def build(i: int, where: str, m: dict) -> list[Event]:
+        unit = _unit(m, idents[i], where, msg)
+        components = [c for c in (m.get("InstalledComponents") or []) if isinstance(c, dict)]
+        serials = [(k, _opt(c, "InstalledUnitIdentifier")) for k, c in enumerate(components) if _opt(c, "InstalledUnitIdentifier")]
+        if serials:
+            item = _opt(m.get("Material"), "InternalPartNumber")
+            if not item:
+                raise Bad(f"{where}.Material.InternalPartNumber: missing, so the installed sub-assemblies' part number is unknown")
+            return [event("ComponentInstalled", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms, station=msg.station,
+                          unit=unit, component=ref(node("serial", item, serial, f"{where}.InstalledComponents[{k}].InstalledUnitIdentifier")),
+                          quantity=1.0, operator=None) for k, serial in serials]
+        component = _package(m.get("Material"), f"{where}.Material")
+        quantity = m.get("QuantityInstalled") or len(components) or 1.0
+        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
+            raise Bad(f"{where}.QuantityInstalled: {quantity!r} is not a positive number")
+        return [event("ComponentInstalled", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
+                      unit=unit, component=component, quantity=float(quantity), operator=None)]
+    _each(msg, out, "InstalledMaterials", entries, build)
 
 
 def _disqualified(msg: _Msg, out: MapResult) -> None:
