@@ -17,11 +17,15 @@ Materials.Storage.MaterialsLoaded                  MaterialLoaded per Materials[
 Materials.Storage.MaterialCarriersLoaded           MaterialLoaded per package kitted on the carrier
 Materials.Storage.MaterialsUnloaded                PackageUnloaded per MaterialPackageIdentifiers[]
 Materials.Storage.MaterialCarriersUnloaded         MaterialUnloaded per package on the carrier
-Production.WorkStarted                             (nothing; remembers Units, WorkOrderIdentifier)
+Production.WorkStarted                             UnitRouted (lane) per unit; remembers Units, WorkOrderIdentifier
 Production.WorkCompleted                           UnitCompleted per unit
+Production.UnitsInitialized                        UnitCompleted per unit, or names a transaction's units
+Production.UnitsArrived / UnitsDeparted            UnitRouted (lane) per unit, where Lane is given
+Production.WorkStageCompleted                      UnitRouted (stage) per unit of the transaction
 Production.Processing.UnitsProcessed               UnitCompleted per UnitProcessData[] (ProcessedUnit)
 Production.Assembly.MaterialsInstalled             ComponentInstalled per InstalledMaterials[] or per
-                                                   InstalledComponents[] with an InstalledUnitIdentifier
+                                                   InstalledComponents[] with an InstalledUnitIdentifier;
+                                                   UnitRouted (stage) per InstalledComponents[].Stage
 Production.TestAndInspection.UnitsInspected        UnitTested per InspectedUnits[] (InspectedUnit)
 Production.TestAndInspection.UnitsTested           UnitTested per TestedUnits[] (TestedUnit)
 Production.UnitsDisqualified                       UnitScrapped per Units[]
@@ -61,7 +65,18 @@ Field by field, SDK -> here:
   the unit or the body if a gateway adds one, else ``context.unit_item``.
 * ``WorkStarted``: ``TransactionID`` correlates the later messages; ``WorkOrderIdentifier``
   (CFX 2.1): ``WorkOrderId`` -> work order, ``Batch`` -> production lot (else the TransactionID
-  for both). ``Lane``, ``RecipeName``, ``PrimaryIdentifier`` are not kept yet.
+  for both). ``Lane`` (``int?``) -> a ``UnitRouted`` lane fact per unit: on a dual-lane machine, which
+  units shared a conveyor lane (and its nozzles, clamps) with a bad one. ``RecipeName``,
+  ``PrimaryIdentifier`` are not kept.
+* ``UnitsArrived`` / ``UnitsDeparted``: ``Lane`` -> lane facts; without a Lane they say nothing here.
+* ``Stage`` (WorkStageCompleted, InstalledComponent): ``StageName``, else ``StageSequence``, names the
+  stage (a placement head, an oven zone); ``StageSequence``, ``StageType`` and the stage's ``Result``
+  go to the fact's note. WorkStageCompleted names no units: they are its transaction's (WorkStarted),
+  so one whose WorkStarted this feed has not seen is a reject. WorkStageStarted / Paused / Resumed add
+  nothing the completion does not say (unknown).
+* ``UnitsInitialized`` (units first marked or labelled): within a work transaction it fills the units
+  and ``WorkOrderIdentifier`` its WorkStarted lacked; on its own (``TransactionID`` null) it is each
+  unit's completion at the marking endpoint, with the work order and batch.
 * ``WorkCompleted``: ``Units`` only where WorkStarted lacked them. Every ``Result`` maps (the unit
   was on the station whatever the result). Completion event id ``<TransactionID>#<unit>``, so a
   WorkCompleted and a UnitsProcessed of one transaction give one completion per unit.
@@ -69,15 +84,16 @@ Field by field, SDK -> here:
   ``InstalledComponent`` with ``InstalledUnitIdentifier`` (2.1: "unique ID of the sub-assembly /
   unit that was installed") is a serial ``serial:<Material.InternalPartNumber>:<id>``; otherwise
   the entry installs its ``Material`` package, quantity ``QuantityInstalled``, else the number of
-  InstalledComponents, else 1. ``ReferenceDesignator``, ``Stage``, ``CarrierLocation`` are not kept.
+  InstalledComponents, else 1. ``ReferenceDesignator`` and ``CarrierLocation`` are not kept.
 * ``InspectedUnit`` / ``TestedUnit``: ``OverallResult`` (TestResult: Passed, Failed, Error,
   Aborted, Skipped) -> result; ``InspectionMethod`` / ``TestMethod`` and the names of the
   inspections or tests that did not pass -> test. An ``InspectedPanel`` with no units is noted.
 * ``StationStateChanged``: numeric ``NewState`` (SEMI E10) written by name, e.g. 1100 ->
   "PRD_RegularWork"; reason = ``RelatedFault.FaultCode`` or ``Cause``.
 * ``UnitsDisqualified``: ``Reason`` and ``Comments`` -> the scrap reason.
-* Not mapped yet: MaterialsUninstalled (rework: needs retractions), UnitsArrived/UnitsDeparted
-  (lane), WorkStage* (stage), UnitsInitialized (work order bound at marking).
+* Not mapped yet: MaterialsUninstalled (rework: needs retractions). A WorkCompleted without Units, or
+  a WorkStageCompleted, needs its WorkStarted in the same feed (the mapping keeps transactions in
+  memory only).
 * CFX has no operator on these messages: operator is null.
 """
 
@@ -288,8 +304,77 @@ def _tested(msg: _Msg, out: MapResult, key: str, method_key: str, each_key: str,
     _each(msg, out, key, units, build)
 
 
+def _routed(msg: _Msg, out: MapResult, units: Any, key: str, route: str, name: str, note: str, event_id: str) -> None:
+    """A UnitRouted per unit of ``units``: the lane or stage it ran on. A unit that cannot be named (a panel
+    without qualify_positions) is noted, not rejected: its completion reports that already."""
+    idents = _unit_idents(units, key, msg.ctx)
+    for i, u in enumerate(units):
+        try:
+            unit = _unit(u, idents[i], f"{key}[{i}]", msg) if isinstance(u, dict) else None
+        except Bad as exc:
+            unit, why = None, str(exc)
+        else:
+            why = f"{key}[{i}]: not an object"
+        if unit is None:
+            out.skip(f"{msg.origin}: {route} {name} not recorded for {why}")
+            continue
+        out.events.append(event("UnitRouted", event_id=f"{event_id}#{route}#{unit['ident']}", event_ms=msg.event_ms,
+                                station=msg.station, unit=unit, route=route, name=name, note=note))
+
+
+def _lane(body: dict) -> str:
+    lane = body.get("Lane")
+    return str(lane) if isinstance(lane, int) and not isinstance(lane, bool) else ""
+
+
 def _started(msg: _Msg, out: MapResult) -> None:
-    msg.ctx.transactions[_str(msg.body, "TransactionID", "TransactionId")] = msg.body
+    tx = _str(msg.body, "TransactionID", "TransactionId")
+    msg.ctx.transactions[tx] = msg.body
+    if _lane(msg.body) and msg.body.get("Units"):
+        _routed(msg, out, msg.body["Units"], "Units", "lane", _lane(msg.body), "WorkStarted", tx)
+
+
+def _initialized(msg: _Msg, out: MapResult) -> None:
+    """UnitsInitialized: units marked or labelled, entering production with their work order. Within a
+    work transaction the WorkCompleted completes them (this names the units and work order the WorkStarted
+    may lack); on its own it is the units' completion at the marking endpoint."""
+    tx = _opt(msg.body, "TransactionID") or _opt(msg.body, "TransactionId")
+    started = msg.ctx.transactions.get(tx) if tx else None
+    if started is not None:
+        for key in ("Units", "WorkOrderIdentifier"):
+            if not started.get(key) and msg.body.get(key):
+                started[key] = msg.body[key]
+        return
+    _completed(msg, out, finished=False)
+
+
+def _arrived(msg: _Msg, out: MapResult, name: str) -> None:
+    """UnitsArrived / UnitsDeparted: the lane the units came in or left on, where the endpoint has lanes."""
+    if not _lane(msg.body):
+        out.skip(f"{msg.origin}: {name} names no Lane")
+        return
+    units = msg.body.get("Units")
+    if not isinstance(units, list):
+        raise Bad("Units: missing or not a list")
+    _routed(msg, out, units, "Units", "lane", _lane(msg.body), name, msg.uid)
+
+
+def _stage_completed(msg: _Msg, out: MapResult) -> None:
+    """WorkStageCompleted: the units of the transaction (its WorkStarted) went through this stage."""
+    tx = _str(msg.body, "TransactionID", "TransactionId")
+    stage = msg.body.get("Stage")
+    name = (_opt(stage, "StageName") or _opt(stage, "StageSequence")) if isinstance(stage, dict) else ""
+    if not name:
+        raise Bad("Stage: missing, or has neither StageName nor StageSequence")
+    units = msg.ctx.transactions.get(tx, {}).get("Units")
+    if not units:
+        raise Bad(f"TransactionID {tx}: no WorkStarted with Units seen in this feed, so the stage's units are unknown")
+    note = f"WorkStageCompleted: {_opt(msg.body, 'Result') or 'no Result'}; {_stage_note(stage)}"
+    _routed(msg, out, units, "Units", "stage", name, note, f"{tx}#{msg.uid}")
+
+
+def _stage_note(stage: dict) -> str:
+    return f"stage {_opt(stage, 'StageSequence') or '?'} ({_opt(stage, 'StageType') or 'Work'})"
 
 
 def _completed(msg: _Msg, out: MapResult, finished: bool) -> None:
@@ -307,6 +392,8 @@ def _completed(msg: _Msg, out: MapResult, finished: bool) -> None:
     if not lot:
         raise Bad("TransactionID: missing, and no WorkOrderIdentifier.Batch to name the production lot")
     idents = _unit_idents(units, key, msg.ctx)
+    if finished and _lane(started) and not started.get("Units"):
+        _routed(msg, out, units, key, "lane", _lane(started), "WorkStarted (units from WorkCompleted)", tx)
 
     def build(i: int, where: str, u: dict) -> Event:
         unit = _unit(u, idents[i], where, msg)
@@ -331,14 +418,27 @@ def _installed(msg: _Msg, out: MapResult) -> None:
                 raise Bad(f"{where}.Material.InternalPartNumber: missing, so the installed sub-assemblies' part number is unknown")
             return [event("ComponentInstalled", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms, station=msg.station,
                           unit=unit, component=ref(node("serial", item, serial, f"{where}.InstalledComponents[{k}].InstalledUnitIdentifier")),
-                          quantity=1.0, operator=None) for k, serial in serials]
+                          quantity=1.0, operator=None) for k, serial in serials] + _installed_stages(msg, m, unit, where)
         component = _package(m.get("Material"), f"{where}.Material")
         quantity = m.get("QuantityInstalled") or len(components) or 1.0
         if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
             raise Bad(f"{where}.QuantityInstalled: {quantity!r} is not a positive number")
         return [event("ComponentInstalled", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
-                      unit=unit, component=component, quantity=float(quantity), operator=None)]
+                      unit=unit, component=component, quantity=float(quantity), operator=None)] + _installed_stages(msg, m, unit, where)
     _each(msg, out, "InstalledMaterials", entries, build)
+
+
+def _installed_stages(msg: _Msg, m: dict, unit: dict, where: str) -> list[Event]:
+    """The stages the entry's components were placed at (InstalledComponent.Stage), once each."""
+    stages = {}
+    for c in m.get("InstalledComponents") or []:
+        stage = c.get("Stage") if isinstance(c, dict) else None
+        name = (_opt(stage, "StageName") or _opt(stage, "StageSequence")) if isinstance(stage, dict) else ""
+        if name:
+            stages.setdefault(name, stage)
+    return [event("UnitRouted", event_id=f"{msg.uid}#{where}#stage#{name}", event_ms=msg.event_ms, station=msg.station,
+                  unit=unit, route="stage", name=name, note=f"MaterialsInstalled; {_stage_note(stage)}")
+            for name, stage in stages.items()]
 
 
 def _disqualified(msg: _Msg, out: MapResult) -> None:
@@ -379,6 +479,10 @@ HANDLERS = {
     "CFX.Production.UnitsDisqualified": _disqualified,
     "CFX.ResourcePerformance.StationStateChanged": _state,
     "CFX.Heartbeat": _heartbeat,
+    "CFX.Production.UnitsInitialized": _initialized,
+    "CFX.Production.UnitsArrived": lambda msg, out: _arrived(msg, out, "UnitsArrived"),
+    "CFX.Production.UnitsDeparted": lambda msg, out: _arrived(msg, out, "UnitsDeparted"),
+    "CFX.Production.WorkStageCompleted": _stage_completed,
     "CFX.Materials.Storage.MaterialCarriersLoaded": _carriers_loaded,
     "CFX.Materials.Storage.MaterialCarriersUnloaded": _carriers_unloaded,
     "CFX.Materials.Management.MaterialsInitialized": _identified,

@@ -142,6 +142,11 @@ def station_fact(kind: str, e: dict) -> dict:
         if not e["result"].strip():
             raise Invalid("result is empty")
         subject, detail, reason = unit, e["result"].strip(), e["test"]
+    elif kind == "genealogy.UnitRouted":
+        unit = node_of(e["unit"], "unit", ("serial",))
+        if not e["name"].strip():
+            raise Invalid(f"the {e['route']} is empty")
+        subject, detail, reason = unit, f"{e['route']} {e['name'].strip()}", e["note"]
     else:
         if not e["state"].strip():
             raise Invalid("state is empty")
@@ -198,7 +203,8 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
                 collect(e["station"], result, kind, e)
             elif kind == "genealogy.StationHeartbeat":
                 collect(e["station"], join_for(e["station"]).heartbeat(e["event_ms"]), kind, e)
-            elif kind in ("genealogy.UnitScrapped", "genealogy.UnitTested", "genealogy.MachineStateChanged"):
+            elif kind in ("genealogy.UnitScrapped", "genealogy.UnitTested", "genealogy.UnitRouted",
+                          "genealogy.MachineStateChanged"):
                 out.facts.append(station_fact(kind, e))
             else:
                 out.edges.extend(stateless_edges(kind, e))

@@ -98,7 +98,8 @@ CREATE TABLE IF NOT EXISTS capture_batches (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (source, kafka_time, partition, offset);
 
--- Station events that make no edge: machine states (OEE, process windows) and scrapped units.
+-- Station events that make no edge: machine states (OEE, process windows), scrapped units, test
+-- results and the lane or stage a unit ran on (kind UnitRouted, detail 'lane 2' / 'stage HEAD1').
 CREATE TABLE IF NOT EXISTS station_facts (
     event_id   String,
     kind       LowCardinality(String),

@@ -3,7 +3,8 @@ running stack: reels received with their supplier lots (MaterialsInitialized, so
 are loaded and some long after), loaded and changed on two stations and two slots (a change exactly
 at a completion instant), panels (one placer's units are positions of a panel), work orders from
 WorkStarted's WorkOrderIdentifier, malformed lines, and a
-gateway restart between loads and their unloads (two ingest runs).
+gateway restart between loads and their unloads (two ingest runs), dual lanes and placement stages
+(WorkStarted.Lane, WorkStageCompleted).
 
 The recall of each supplier lot and of each reel, and the trace of sample boards, must equal a
 brute-force reference computed from the generated truth.
@@ -36,12 +37,13 @@ def envelope(name: str, station: str, ms: int, uid: str, body: dict) -> dict:
 
 def smt_line(seed: int = 7, units: int = 60, reel_units: int = 11) -> tuple[list[str], dict]:
     """CFX lines (JSON) of two placers and a goods receipt, and the truth: unit -> reels it consumed,
-    reel -> (part, manufacturer part, supplier lot)."""
+    reel -> (part, manufacturer part, supplier lot), and the lane and stages each unit ran on."""
     rng = random.Random(seed)
     messages: list[tuple[int, dict]] = []
     consumed: dict[str, set[str]] = {}
     reels: dict[str, tuple[str, str, str]] = {}
     counters: dict[str, int] = {}
+    routes: set[tuple[str, str, str]] = set()  # (station, unit, "lane 1" / "stage HEAD2")
     uid = iter(range(1, 10**6))
     for station in ("Line1.Placer1", "Line1.Placer2"):
         loaded: dict[str, str] = {}
@@ -65,14 +67,22 @@ def smt_line(seed: int = 7, units: int = 60, reel_units: int = 11) -> tuple[list
             tx = f"tx-{station}-{u}"
             # Placer2 builds panels of two boards: the SDK's carrier + PositionNumber form of UnitPosition.
             positions = [1, 2] if station.endswith("Placer2") else [1]
+            lane = 1 + rng.randrange(2)  # a dual-lane placer
             messages.append((t - 400, envelope("CFX.Production.WorkStarted", station, t - 400, f"m{next(uid)}", {
-                "TransactionID": tx, "Lane": 1, "UnitCount": len(positions),
+                "TransactionID": tx, "Lane": lane, "UnitCount": len(positions),
                 "Units": [{"UnitIdentifier": unit, "PositionNumber": p, "PartNumber": BOARD} for p in positions],
                 "WorkOrderIdentifier": {"WorkOrderId": "WO-77", "Batch": f"WO-77-B{u // 20}"}})))
+            stages = [1, 2] if u % 3 else [1]  # some boards skip the second placement head
+            for k in stages:
+                messages.append((t - 300 + k, envelope("CFX.Production.WorkStageCompleted", station, t - 300 + k, f"m{next(uid)}", {
+                    "TransactionID": tx, "Stage": {"StageSequence": k, "StageName": f"HEAD{k}", "StageType": "Work"},
+                    "Result": "Completed"})))
             messages.append((t, envelope("CFX.Production.WorkCompleted", station, t, f"m{next(uid)}",
                                          {"TransactionID": tx, "Result": "Completed"})))
             for p in positions:
                 consumed[f"serial:{BOARD}:{unit}#{p}"] = set(loaded.values())
+                routes.update({(station, f"serial:{BOARD}:{unit}#{p}", f"lane {lane}")} |
+                              {(station, f"serial:{BOARD}:{unit}#{p}", f"stage HEAD{k}") for k in stages})
     # Goods receipt: the first half of the reels is identified before any load, the rest at the end.
     names = sorted(reels)
     for k, chunk in enumerate((names[: len(names) // 2], names[len(names) // 2:])):
@@ -87,7 +97,7 @@ def smt_line(seed: int = 7, units: int = 60, reel_units: int = 11) -> tuple[list
     lines.insert(len(lines) // 3, "{this is not json")
     lines.insert(len(lines) // 2, json.dumps(envelope("CFX.Materials.Storage.MaterialsLoaded", "Line1.Placer1", 61_000, "bad-1", {
         "Materials": [{"LocationIdentifier": "FDR-9", "MaterialPackage": {"UniqueIdentifier": "REEL-X"}}]})))
-    return lines, {"consumed": consumed, "reels": reels}
+    return lines, {"consumed": consumed, "reels": reels, "routes": routes}
 
 
 def reference_recall(truth: dict, supplier_lot: str | None = None, reel: str | None = None) -> list[str]:
@@ -164,6 +174,10 @@ def test_supplier_lots_of_a_cfx_line_are_recalled_exactly(tmp_path):
         assert profile["input_lots"] == len(lots)
         per_lot = [len(reference_recall(truth, supplier_lot=lot)) for lot in lots]
         assert profile["typical_recall"]["serial"] == round(sum(per_lot) / len(per_lot), 2)
+
+        # The lane and the stages each board ran on are unit facts.
+        stored = sql(client, "SELECT DISTINCT station, subject, detail FROM station_facts FINAL WHERE kind = 'UnitRouted'")
+        assert {tuple(r) for r in stored} == truth["routes"]
 
         # Work orders from WorkOrderIdentifier.WorkOrderId; production lots from its Batch.
         assert sql(client, "SELECT DISTINCT work_order FROM units") == [["WO-77"]]

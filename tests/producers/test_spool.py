@@ -346,7 +346,7 @@ def test_spool_rows_encode_with_the_contracts():
 
 def test_bridge_yields_by_size_by_time_and_at_the_end():
     lines = (FIXTURES / "cfx/line1_stations.jsonl").read_text().splitlines()
-    before_pause = ingest_lines(lines[:7], "cfx", "x").counts["events"]  # 8: two chunks of 3 and one left over
+    before_pause = ingest_lines(lines[:7], "cfx", "x").counts["events"]  # 9: chunks of 3 and 4 by size, 2 left over
     resumed = threading.Event()  # set by the consumer once the quiet feed's pending events came out on time
 
     def feed():
@@ -359,9 +359,12 @@ def test_bridge_yields_by_size_by_time_and_at_the_end():
         chunks.append((resumed.is_set(), chunk))
         if sum(c.counts["events"] for _, c in chunks) == before_pause:
             resumed.set()
-    assert sum(c.counts["events"] for _, c in chunks) == 13
+    assert sum(c.counts["events"] for _, c in chunks) == 14
     assert sum(c.counts["rejects"] for _, c in chunks) == 1 and sum(c.counts["unknown"] for _, c in chunks) == 2
-    assert all(c.counts["events"] <= 3 for _, c in chunks)
+    # A line's events stay in one chunk (a WorkCompleted gives several), so a chunk cut by size holds
+    # max_events or a few more; its batches never hold more.
+    assert all(len(b["events"]) <= 3 for _, c in chunks for b in c.batches)
+    assert [c.counts["events"] for _, c in chunks][:2] == [3, 4]
     # Size cuts the first chunks, time the one before the pause (fewer than max_events), the end the last.
     paused = [c for after, c in chunks if not after]
     assert sum(c.counts["events"] for c in paused) == before_pause and paused[-1].counts["events"] < 3
@@ -411,9 +414,9 @@ def test_run_bridge_spools_everything_while_the_broker_is_away(tmp_path):
     with Spool(tmp_path / "s.db") as spool:
         out = run_bridge(settings, lines, "cfx", "line1", spool, threading.Event(), max_events=4, max_ms=100,
                          drain_timeout=1.0)
-        assert out["counts"]["events"] == 13 and out["counts"]["rejects"] == 1 and out["counts"]["unknown"] == 2
+        assert out["counts"]["events"] == 14 and out["counts"]["rejects"] == 1 and out["counts"]["unknown"] == 2
         assert out["remaining"] == len(spool) == out["backlog"]["rows"]
         serde = schemas.local_serde()
         decoded = [serde.decode(r.value)[1] for r in spool.pending(1000)]
-    assert sum(len(d["events"]) for d in decoded if "events" in d) == 13
+    assert sum(len(d["events"]) for d in decoded if "events" in d) == 14
     assert sorted(d["stage"] for d in decoded if "stage" in d) == ["ingest", "unknown", "unknown"]

@@ -57,3 +57,10 @@ def test_capture_written_before_v2_stays_readable():
     data = serde.encode(schemas.CAPTURE, v2_only)
     assert int.from_bytes(data[1:5], "big") == schemas.LOCAL_IDS[schemas.CAPTURE]
     assert serde.decode(data) == (schemas.CAPTURE, v2_only)
+
+    # Capture v2 (id 5), before UnitRouted, stays readable too.
+    v2 = fastavro.parse_schema(json.loads((Path(schemas.__file__).parent / "capture_batch.v2.avsc").read_text()))
+    buf = io.BytesIO()
+    buf.write(b"\x00\x00\x00\x00\x05")
+    fastavro.schemaless_writer(buf, v2, v2_only)
+    assert serde.decode(buf.getvalue(), expect=schemas.CAPTURE) == (schemas.CAPTURE, v2_only)
