@@ -29,10 +29,12 @@ the station: an SGLN URN or a Digital Link with AI 414 reduces to
 ``sgln:<GLN>[.<extension>]``, anything else is used as written.
 
 Times: ``eventTime`` must carry its UTC offset. ``event_id`` is ``eventID`` when
-given, else ``sha256:<hex>`` over the canonical JSON of the event (sorted keys,
-identifiers normalised, lists sorted, recordTime/eventID/@context left out), so
-the same event in URN or Digital Link form, re-sent or re-ordered, gets the same
-id. This is our own stable hash, not the GS1 CBV event-hash algorithm.
+given (any form: a UUID URN, a CBV hash), else the GS1 CBV 2.0 event hash
+(``ni:///sha-256;...?ver=CBV2.0``, ``epcis_hash``), so the same event captured here
+and in another EPCIS repository has one id, in URN or Digital Link form. Where the
+hash cannot be computed (a document naming a remote JSON-LD context, which is never
+fetched), ``sha256:<hex>`` over the canonical JSON of the event (sorted keys,
+identifiers normalised, lists sorted, recordTime/eventID/@context left out).
 ``work_order`` is the event's business transaction (prodorder, then po, then
 the first) or, failing that, the event id. There is no operator in EPCIS.
 
@@ -49,6 +51,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from genealogy.domain import ids
+from genealogy.producers.epcis_hash import HashUnavailable, event_hashes
 from genealogy.producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
 
 VOLATILE = ("recordTime", "eventID", "@context")
@@ -62,9 +65,11 @@ def map_epcis(doc_or_event: dict, *, origin: str) -> MapResult:
     except Bad as exc:
         result.rejects.append(Reject(origin, str(exc), doc_or_event))
         return result
+    unnamed = [raw for _, raw in items if isinstance(raw, dict) and not _text(raw.get("eventID"))]
+    hashed = dict(zip(map(id, unnamed), event_hashes(unnamed, doc_or_event.get("@context")))) if unnamed else {}
     for where, raw in items:
         try:
-            mapped = _map_event(raw)
+            mapped = _map_event(raw, hashed.get(id(raw)))
             mapped.notes = [f"{where}: {note}" for note in mapped.notes]
             result.add(mapped)
         except Bad as exc:
@@ -88,7 +93,7 @@ def _event_list(doc: Any, origin: str) -> list[tuple[str, Any]]:
 
 # --- one event ---------------------------------------------------------------------
 
-def _map_event(raw: Any) -> MapResult:
+def _map_event(raw: Any, hashed: str | HashUnavailable | None = None) -> MapResult:
     if not isinstance(raw, dict):
         raise Bad(f"event: expected a JSON object, got {type(raw).__name__}")
     out = MapResult()
@@ -100,7 +105,7 @@ def _map_event(raw: Any) -> MapResult:
         return out
     event_ms = epoch_ms(raw.get("eventTime"), "eventTime")
     station = _station(raw)
-    event_id = _text(raw.get("eventID")) or content_id(raw)
+    event_id = _text(raw.get("eventID")) or (hashed if isinstance(hashed, str) else content_id(raw))
     common = dict(event_ms=event_ms, station=station)
     _typed(raw, etype, event_id, common, out)
     links = _transaction_links(raw, etype, event_id, common, out)
@@ -330,7 +335,8 @@ def _term(value: Any) -> str:
     return re.split(r"[:/#]|BizStep-|BTT-|Disp-|SDT-|ER-", _text(value))[-1]
 
 
-# --- content hash ------------------------------------------------------------------
+# --- event identity ----------------------------------------------------------------
+
 
 def content_id(raw: dict) -> str:
     body = {k: v for k, v in raw.items() if k not in VOLATILE}

@@ -87,7 +87,7 @@ def test_aggregation_shipping_and_commissioning(plant):
     assert [node(r) for r in carton["contents"]] == [f"serial:{PRODUCT_GTIN}:S100{i}" for i in (1, 2, 3)] + [f"lot:{RESIN}:R-77"]
     shipped = packed[f"shipment:shipment:{SHIPMENT}"]  # desadv preferred over the po
     assert shipped["station"] == DISPATCH and [node(r) for r in shipped["contents"]] == [f"container:sscc:{SSCC}"]
-    assert shipped["event_id"].startswith("sha256:")  # no eventID in the fixture: content hash
+    assert shipped["event_id"].startswith("ni:///sha-256;")  # no eventID in the fixture: the CBV 2.0 event hash
 
     commissioned = [e for e in of_kind(plant.events, "UnitCompleted") if "000000000006" in e["event_id"]]
     assert [(node(e["unit"]), e["production_lot"]) for e in commissioned] == [
@@ -127,10 +127,10 @@ def test_urn_and_digital_link_forms_give_identical_events():
     assert urn.events[0][1]["station"] == MIXING
 
 
-def test_content_hash_ids_are_stable():
+def test_event_hash_ids_are_stable():
     raw = load("epcis/transformation_urn.json")
     first = map_epcis(raw, origin="a").events[0][1]["event_id"]
-    assert first.startswith("sha256:") and len(first) == len("sha256:") + 64
+    assert first.startswith("ni:///sha-256;") and first.endswith("?ver=CBV2.0")
     assert map_epcis(copy.deepcopy(raw), origin="b").events[0][1]["event_id"] == first
 
     resent = dict(reversed(list(raw.items())), recordTime="2026-03-03T00:00:00Z")  # other key order, later record time
@@ -174,7 +174,7 @@ def test_shipping_named_by_destination_when_no_transaction():
 
 def test_cfx_station_sequence(line):
     kinds = [k.split(".")[1] for k, _ in line.events]
-    assert kinds == ["StationHeartbeat", "MaterialLoaded", "MaterialLoaded", "UnitCompleted", "UnitCompleted",
+    assert kinds == ["StationHeartbeat", "MaterialLoaded", "MaterialLoaded", "UnitRouted", "UnitCompleted", "UnitCompleted",
                      "UnitCompleted", "PackageUnloaded", "MaterialLoaded", "UnitCompleted", "ComponentInstalled",
                      "MachineStateChanged", "UnitScrapped", "StationHeartbeat"]
     loads = of_kind(line.events, "MaterialLoaded")
@@ -191,6 +191,8 @@ def test_cfx_station_sequence(line):
     [installed] = of_kind(line.events, "ComponentInstalled")
     assert (node(installed["unit"]), node(installed["component"]), installed["quantity"]) == (
         "serial:BRD-100:B0004", "lot:CAP-100N:REEL-C-0001", 2.0)
+    [lane] = of_kind(line.events, "UnitRouted")  # WorkStarted's Lane
+    assert (node(lane["unit"]), lane["route"], lane["name"]) == ("serial:BRD-100:B0001", "lane", "1")
     [state] = of_kind(line.events, "MachineStateChanged")
     assert (state["state"], state["reason"]) == ("USD_Repair", "NOZZLE-CLOG-12")
     [scrap] = of_kind(line.events, "UnitScrapped")
