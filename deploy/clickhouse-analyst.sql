@@ -37,6 +37,7 @@ GRANT SELECT ON default.units_by_station TO analyst;
 GRANT SELECT ON default.nodes TO analyst;
 GRANT SELECT ON default.capture_batches TO analyst;
 GRANT SELECT ON default.station_facts TO analyst;
+GRANT SELECT ON default.corrections TO analyst;
 GRANT SELECT ON default.dead_letters TO analyst;
 GRANT SELECT ON default.edges_final TO analyst;
 GRANT SELECT ON default.units_final TO analyst;

@@ -21,6 +21,14 @@ EPCISQueryDocument) or a single event and returns a ``MapResult``:
   lists the orders and despatch advices its units and shipments were part of. Unlinking
   (action DELETE) is noted, not applied yet.
 
+An event re-sent with an ``errorDeclaration`` (EPCIS 2.0 §7.4.1.4: the original event, with the
+declaration time, reason and correctiveEventIDs) -> one ``EventRetracted``: it carries what the event
+contributed, mapped from the re-sent content, so the stream recomputes the same edge ids and takes
+them back (edges, unit completions and their lot memberships), as rows of the ``corrections`` table;
+nothing of the declared event stays in what recall reads. The CBV hash leaves errorDeclaration out,
+so an event without an eventID is matched by its hash. The declaration may arrive before the event
+(it is then never stored) or long after it. Corrective events are ordinary events.
+
 Identifiers go through ``genealogy.domain.ids.normalize``, so the EPC URN and the GS1
 Digital Link of one thing give the same node; class-level patterns
 (``urn:epc:idpat:sgtin:...*``, a bare GTIN) become ``class:<gtin>:*`` nodes and
@@ -51,6 +59,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from genealogy.domain import ids
+from genealogy.domain.derive import RETRACTABLE
 from genealogy.producers.epcis_hash import HashUnavailable, event_hashes
 from genealogy.producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
 
@@ -69,7 +78,10 @@ def map_epcis(doc_or_event: dict, *, origin: str) -> MapResult:
     hashed = dict(zip(map(id, unnamed), event_hashes(unnamed, doc_or_event.get("@context")))) if unnamed else {}
     for where, raw in items:
         try:
-            mapped = _map_event(raw, hashed.get(id(raw)))
+            if isinstance(raw, dict) and raw.get("errorDeclaration") is not None:
+                mapped = _declared(raw, hashed.get(id(raw)))
+            else:
+                mapped = _map_event(raw, hashed.get(id(raw)))
             mapped.notes = [f"{where}: {note}" for note in mapped.notes]
             result.add(mapped)
         except Bad as exc:
@@ -333,6 +345,31 @@ def _term(value: Any) -> str:
     """A CBV / EPCIS vocabulary term without its namespace: 'urn:epcglobal:cbv:bizstep:shipping',
     'https://ref.gs1.org/cbv/BizStep-shipping', 'cbv:BizStep-shipping' and 'shipping' are all 'shipping'."""
     return re.split(r"[:/#]|BizStep-|BTT-|Disp-|SDT-|ER-", _text(value))[-1]
+
+
+def _declared(raw: dict, hashed: str | HashUnavailable | None) -> MapResult:
+    """An event re-sent with an ``errorDeclaration``: one ``EventRetracted`` carrying what the event
+    contributed (mapped as it was captured, so the stream recomputes the same edge ids), the reason
+    and the corrective events. The hash leaves errorDeclaration out, so the id is the original's."""
+    declaration = raw["errorDeclaration"]
+    if not isinstance(declaration, dict):
+        raise Bad("errorDeclaration: expected an object")
+    declared_ms = epoch_ms(declaration.get("declarationTime"), "errorDeclaration.declarationTime")
+    corrective = declaration.get("correctiveEventIDs") or []
+    if not isinstance(corrective, list) or not all(isinstance(c, str) and c.strip() for c in corrective):
+        raise Bad("errorDeclaration.correctiveEventIDs: expected a list of event ids")
+    original = {k: v for k, v in raw.items() if k != "errorDeclaration"}
+    event_id = _text(raw.get("eventID")) or (hashed if isinstance(hashed, str) else content_id(original))
+    mapped = _map_event(original, event_id)
+    contributed = [(k, e) for k, e in mapped.events if k in RETRACTABLE]
+    out = MapResult(untraceable=mapped.untraceable)
+    if not contributed:
+        out.skip(f"error declaration of {event_id}: the event contributed nothing to the genealogy, so nothing is retracted")
+        return out
+    out.events.append(event("EventRetracted", event_id=f"{event_id}#declared", event_ms=declared_ms,
+                            station=contributed[0][1]["station"], retracts=event_id, events=contributed,
+                            reason=_term(declaration.get("reason")), corrective_event_ids=[c.strip() for c in corrective]))
+    return out
 
 
 # --- event identity ----------------------------------------------------------------

@@ -27,7 +27,8 @@ from genealogy.sinks.writer import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, MAX_MS,
 log = logging.getLogger(__name__)
 
 # Table <- group of a DERIVED message.
-DERIVED_TABLES = {"units": "units", "edges": "edges", "facts": "station_facts"}
+# Corrections first: the writer then leaves out rows they retract that arrive in the same flush.
+DERIVED_TABLES = {"retractions": "corrections", "units": "units", "edges": "edges", "facts": "station_facts"}
 
 
 def ts(ms: int) -> datetime:
@@ -46,6 +47,7 @@ class Rows:
 
     def add_derived(self, record: dict) -> None:
         """One decoded DERIVED record; checked whole before anything is added, so a corrupt one adds nothing."""
+        record = {group: record.get(group) or schemas.columns([], group) for group in DERIVED_TABLES}  # older versions lack groups
         counts = {group: schemas.column_lengths(record, group) for group in DERIVED_TABLES}
         for group, columns in self.derived.items():
             for name, column in columns.items():
@@ -149,7 +151,7 @@ class KafkaSink:
             if topic == self.settings.topic_edges:
                 name, batch = self.serde.decode(message.value(), expect=(schemas.DERIVED, schemas.EDGES))
                 if name == schemas.EDGES:  # row by row, from a worker of an earlier version
-                    batch = {group: schemas.columns(batch[group], group) for group in DERIVED_TABLES}
+                    batch = {group: schemas.columns(batch.get(group) or [], group) for group in DERIVED_TABLES}
                 rows.add_derived(batch)
             elif topic == self.settings.topic_dead_letters:
                 _, d = self.serde.decode(message.value(), expect=schemas.DEAD_LETTER)

@@ -87,6 +87,8 @@ def linkage_report(read_model: ReadModel, examples: int = EXAMPLES, max_levels: 
     under_items = read_model.rows(q.IDENT_UNDER_ITEMS_SQL, limit=examples)
     unidentified = read_model.rows(q.PACKAGES_WITHOUT_SUPPLIER_LOT_SQL, limit=examples)
     identified, supplier_lots = read_model.rows(q.PACKAGES_WITH_SUPPLIER_LOT_SQL)[0]
+    declarations, events, edges, units = read_model.rows(q.CORRECTIONS_SQL)[0]
+    corrections = read_model.rows(q.CORRECTION_EXAMPLES_SQL, limit=examples)
     dead = [{"stage": s, "event_kind": k, "count": int(n), "example_reason": r}
             for s, k, n, r in read_model.rows(q.DEAD_LETTERS_BY_KIND_SQL)]
     return {
@@ -118,6 +120,12 @@ def linkage_report(read_model: ReadModel, examples: int = EXAMPLES, max_levels: 
                                            "examples": [{"unit": u, "production_lots": list(ls)} for u, ls, _ in in_lots]},
             "ident_under_several_items": {"count": _counted(under_items),
                                           "examples": [{"ident": i, "nodes": list(ns)} for i, ns, _ in under_items]},
+        },
+        "corrections": {
+            "declarations": int(declarations), "events_retracted": int(events), "edges_retracted": int(edges),
+            "unit_rows_retracted": int(units),
+            "examples": [{"declaration": d, "reason": r, "corrective_events": [c for c in cs.split(",") if c], "rows": int(n)}
+                         for d, r, cs, n in corrections],
         },
         "dead_letters": {"total": sum(d["count"] for d in dead), "by_stage_kind": dead},
     }
@@ -156,6 +164,9 @@ def format_linkage(report: dict):
                    ex([f"{e['unit']} in {' + '.join(e['production_lots'])}" for e in d["in_several_production_lots"]["examples"]]))
     checks.add_row("serial ident under several items", f"{d['ident_under_several_items']['count']:,}",
                    ex([" / ".join(e["nodes"]) for e in d["ident_under_several_items"]["examples"]]))
+    c = report["corrections"]
+    checks.add_row("error declarations (corrections)", f"{c['declarations']:,}",
+                   ex([f"{e['declaration']} ({e['reason'] or 'no reason'}): {e['rows']} rows" for e in c["examples"]]))
     checks.add_row("dead letters", f"{report['dead_letters']['total']:,}",
                    ex([f"{x['stage']}/{x['event_kind'] or '-'}: {x['count']}" for x in report["dead_letters"]["by_stage_kind"]]))
     return Group(head, checks)

@@ -26,6 +26,25 @@ ALTER_DELETE_EDGES_BY_PARENT_SQL = \
 
 # --- read model: the Graph, one BFS level per call ----------------------------------------------
 
+# --- writer: error declarations (corrections) -------------------------------------------------
+
+RETRACTED_EDGE_IDS_SQL = "SELECT DISTINCT edge_id FROM corrections WHERE kind = 'edge'"
+RETRACTED_UNITS_SQL = "SELECT DISTINCT child, source_event FROM corrections WHERE kind = 'unit'"
+# The unit rows a retraction takes back, with what their materialized views derived from them.
+RETRACTED_UNIT_ROWS_SQL = """
+SELECT unit, event_id, production_lot, station, completed_at FROM units
+WHERE unit IN {units:Array(String)} AND (unit, event_id) IN {pairs:Array(Tuple(String, String))}
+"""
+DELETE_UNITS_SQL = "DELETE FROM units WHERE unit IN {units:Array(String)} AND (unit, event_id) IN {pairs:Array(Tuple(String, String))}"
+DELETE_UNIT_AT_STATION_SQL = """
+DELETE FROM units_by_station WHERE station = {station:String} AND completed_at = {at:DateTime64(3, 'UTC')} AND unit = {unit:String}
+"""
+# A lot membership goes only when no unit row that is left still says it.
+DELETE_LOT_MEMBER_SQL = """
+DELETE FROM lot_members WHERE production_lot = {lot:String} AND unit = {unit:String}
+  AND (SELECT count() FROM units WHERE unit = {unit:String} AND production_lot = {lot:String}) = 0
+"""
+
 PARENTS_SQL = "SELECT DISTINCT child, parent FROM edges WHERE child IN {nodes:Array(String)}"
 PARENTS_IN_WINDOW_SQL = """
 SELECT DISTINCT child, parent FROM edges WHERE child IN {nodes:Array(String)}
@@ -561,6 +580,15 @@ FROM (SELECT DISTINCT child FROM edges WHERE relation = 'consumed' AND startsWit
 WHERE extract(child, '^[^:]*:([^:]*):') IN (SELECT extract(parent, '^[^:]*:([^:]*):') FROM edges WHERE relation = 'supplied')
   AND child NOT IN (SELECT parent FROM edges WHERE relation = 'supplied')
 ORDER BY child LIMIT {limit:UInt32}
+"""
+CORRECTIONS_SQL = """
+SELECT uniqExact(declaration), uniqExact(source_event), uniqExactIf(edge_id, kind = 'edge'),
+       uniqExactIf((child, source_event), kind = 'unit')
+FROM corrections
+"""
+CORRECTION_EXAMPLES_SQL = """
+SELECT declaration, any(reason), any(corrective), count() FROM corrections
+GROUP BY declaration ORDER BY declaration LIMIT {limit:UInt32}
 """
 PACKAGES_WITH_SUPPLIER_LOT_SQL = "SELECT uniqExact(parent), uniqExact(child) FROM edges WHERE relation = 'supplied'"
 CLASS_EDGES_SQL = "SELECT uniqExact(edge_id) FROM edges WHERE startsWith(child, 'class:')"

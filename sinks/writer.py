@@ -19,6 +19,9 @@ FROM_DERIVED = {
               "operator": "operator", "completed_at": "event_ms", "event_id": "event_id"},
     "station_facts": {"event_id": "event_id", "kind": "kind", "station": "station", "event_time": "event_ms",
                       "subject": "subject", "detail": "detail", "reason": "reason"},
+    "corrections": {"kind": "kind", "edge_id": "edge_id", "child": "child", "parent": "parent", "relation": "relation",
+                    "source_event": "source_event", "declaration": "declaration", "reason": "reason",
+                    "corrective": "corrective", "declared_at": "event_ms", "station": "station"},
 }
 EDGE_COLUMNS = list(FROM_DERIVED["edges"])
 UNIT_COLUMNS = list(FROM_DERIVED["units"])
@@ -32,6 +35,9 @@ DELETE_CHUNK = 5_000  # edges per DELETE: bounds the size of the bound id arrays
 class Writer:
     def __init__(self, connection: Connection):
         self.connection = connection
+        # What error declarations took back (the corrections table), so a retracted edge or unit row that
+        # arrives after its declaration is never inserted. Loaded on first use; declarations are rare.
+        self._retracted: tuple[set[int], set[tuple[str, str]]] | None = None
 
     def insert(self, table: str, columns: list[str], rows: Sequence[Sequence]) -> None:
         if rows:
@@ -39,11 +45,70 @@ class Writer:
 
     def insert_derived(self, table: str, columns: Mapping[str, list]) -> None:
         """Rows of `table` given as the columns of a schemas.DERIVED group (FROM_DERIVED), inserted column by
-        column: no per-row objects, and times stay epoch ms (clickhouse-connect writes ints as DateTime64 ticks)."""
+        column: no per-row objects, and times stay epoch ms (clickhouse-connect writes ints as DateTime64 ticks).
+        Edges and unit rows an error declaration retracted are left out; corrections are applied."""
+        if table == "corrections":
+            self.retract(columns)
+            return
+        if table in ("edges", "units"):
+            columns = self._without_retracted(table, columns)
         mapping = FROM_DERIVED[table]
         data = [epoch_ms(columns[c]) if c.endswith("_ms") else columns[c] for c in mapping.values()]
         if data[0]:
             self.connection.insert(table, data, list(mapping), column_oriented=True)
+
+    def retracted(self) -> tuple[set[int], set[tuple[str, str]]]:
+        if self._retracted is None:
+            _, edges = self.connection.query(queries.RETRACTED_EDGE_IDS_SQL)
+            _, units = self.connection.query(queries.RETRACTED_UNITS_SQL)
+            self._retracted = ({e for (e,) in edges}, {(u, ev) for u, ev in units})
+        return self._retracted
+
+    def _without_retracted(self, table: str, columns: Mapping[str, list]) -> Mapping[str, list]:
+        edges, units = self.retracted()
+        if not (edges if table == "edges" else units):
+            return columns
+        keys = columns["edge_id"] if table == "edges" else list(zip(columns["unit"], columns["event_id"]))
+        keep = [i for i, key in enumerate(keys) if key not in (edges if table == "edges" else units)]
+        if len(keep) == len(keys):
+            return columns
+        return {name: [values[i] for i in keep] for name, values in columns.items()}
+
+    def retract(self, columns: Mapping[str, list]) -> None:
+        """Record what error declarations take back (the corrections table: the audit of every retraction),
+        then remove those edges and unit rows from what answers read. Recorded first, so a crash in between
+        redoes the removal on redelivery, and later arrivals of the same rows are left out."""
+        if not columns["kind"]:
+            return
+        mapping = FROM_DERIVED["corrections"]
+        self.connection.insert("corrections", [epoch_ms(columns[c]) if c.endswith("_ms") else columns[c]
+                                               for c in mapping.values()], list(mapping), column_oriented=True)
+        edges, units = self.retracted()
+        gone_edges, gone_units = [], []
+        for kind, edge_id, child, parent, source_event in zip(columns["kind"], columns["edge_id"], columns["child"],
+                                                              columns["parent"], columns["source_event"]):
+            if kind == "edge":
+                edges.add(edge_id)
+                gone_edges.append((edge_id, child, parent))
+            else:
+                units.add((child, source_event))
+                gone_units.append((child, source_event))
+        if gone_edges:
+            self.delete_edges(gone_edges)
+        if gone_units:
+            self._delete_units(gone_units)
+
+    def _delete_units(self, pairs: list[tuple[str, str]]) -> None:
+        """Unit rows, and the process-window and lot-membership rows their views made from them."""
+        parameters = {"units": sorted({u for u, _ in pairs}), "pairs": pairs}
+        with self.connection.locked():
+            _, rows = self.connection.query(queries.RETRACTED_UNIT_ROWS_SQL, parameters)
+            self.connection.command(queries.DELETE_UNITS_SQL, parameters, settings={"lightweight_deletes_sync": 2})
+            for unit, _, lot, station, at in rows:
+                self.connection.command(queries.DELETE_UNIT_AT_STATION_SQL, {"station": station, "at": at, "unit": unit},
+                                        settings={"lightweight_deletes_sync": 2})
+                self.connection.command(queries.DELETE_LOT_MEMBER_SQL, {"lot": lot, "unit": unit},
+                                        settings={"lightweight_deletes_sync": 2})
 
     def delete_edges(self, edges: Sequence[tuple[int, str, str]]) -> None:
         """Remove (edge_id, child, parent) from both edge copies, synchronously: a ReplacingMergeTree can only

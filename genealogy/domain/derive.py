@@ -40,6 +40,7 @@ class Derived:
     edges: list[dict] = field(default_factory=list)
     units: list[dict] = field(default_factory=list)
     facts: list[dict] = field(default_factory=list)
+    retractions: list[dict] = field(default_factory=list)  # what error declarations take back (``retractions``)
     rejected: list[Rejected] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # station -> completions waiting for the watermark
     max_ms: dict[str, int] = field(default_factory=dict)   # station -> newest event time
@@ -155,6 +156,34 @@ def station_fact(kind: str, e: dict) -> dict:
             "event_ms": e["event_ms"], "subject": subject, "detail": detail, "reason": reason}
 
 
+RETRACTABLE = ("genealogy.LotTransformed", "genealogy.Packed", "genealogy.TransactionLinked", "genealogy.UnitCompleted")
+
+
+def retractions(e: dict) -> list[dict]:
+    """An EventRetracted: the edges and unit completions its retracted event contributed, recomputed from
+    the same content (so the same deterministic edge ids), each with the declaration. The join is not
+    consulted: a completion is taken back as a unit row, not as the consumption it matched."""
+    if not e["retracts"].strip():
+        raise Invalid("retracts is empty")
+    if not e["events"]:
+        raise Invalid("a retraction needs the retracted event's content")
+    declared = {"declaration": e["event_id"], "reason": e["reason"], "corrective": ",".join(e["corrective_event_ids"]),
+                "event_ms": e["event_ms"], "station": e["station"]}
+    out: list[dict] = []
+    for kind, inner in e["events"]:
+        if kind == "genealogy.UnitCompleted":
+            unit = node_of(inner["unit"], "events[].unit", ("serial",))
+            out.append({"kind": "unit", "edge_id": 0, "child": unit, "parent": production_lot_node(unit, inner["production_lot"]),
+                        "relation": "", "source_event": inner["event_id"], **declared})
+        elif kind in RETRACTABLE:
+            out.extend({"kind": "edge", "edge_id": x["edge_id"], "child": x["child"], "parent": x["parent"],
+                        "relation": x["relation"], "source_event": x["source_event"], **declared}
+                       for x in stateless_edges(kind, inner))
+        else:
+            raise Invalid(f"{kind} cannot be retracted")
+    return out
+
+
 def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retention_ms: int,
            now_ms: int | None = None) -> Derived:
     """Apply one capture batch. Join state of each station touched is read once; what changed is written back once."""
@@ -203,6 +232,8 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
                 collect(e["station"], result, kind, e)
             elif kind == "genealogy.StationHeartbeat":
                 collect(e["station"], join_for(e["station"]).heartbeat(e["event_ms"]), kind, e)
+            elif kind == "genealogy.EventRetracted":
+                out.retractions.extend(retractions(e))
             elif kind in ("genealogy.UnitScrapped", "genealogy.UnitTested", "genealogy.UnitRouted",
                           "genealogy.MachineStateChanged"):
                 out.facts.append(station_fact(kind, e))

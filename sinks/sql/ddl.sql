@@ -111,6 +111,25 @@ CREATE TABLE IF NOT EXISTS station_facts (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (station, event_time, event_id);
 
+-- Error declarations (EPCIS errorDeclaration): every edge and unit row a declaration took back, with
+-- the declaration, its reason and corrective events. The audit of corrections; the rows themselves
+-- are removed from edges / units (and never inserted if they arrive after their declaration).
+CREATE TABLE IF NOT EXISTS corrections (
+    kind         LowCardinality(String),
+    edge_id      UInt64,
+    child        String,
+    parent       String,
+    relation     LowCardinality(String),
+    source_event String,
+    declaration  String,
+    reason       LowCardinality(String),
+    corrective   String,
+    declared_at  DateTime64(3, 'UTC'),
+    station      LowCardinality(String),
+    inserted_at  DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree
+ORDER BY (source_event, kind, edge_id, child);
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     dead_letter_id String,
     stage          LowCardinality(String),

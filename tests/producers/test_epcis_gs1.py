@@ -37,8 +37,12 @@ def test_every_gs1_example_maps_without_an_unexplained_loss(path):
 ])
 def test_a_class_level_transformation_output_keeps_the_rest_of_the_event(name, output):
     """A class-level output is a class: node, reported untraceable; the event's other edges still land
-    (it used to reject the whole event)."""
-    r = map_epcis(json.loads((GS1 / name).read_text()), origin=name)
+    (it used to reject the whole event). Both examples carry an error declaration: the events are
+    read here as they were first captured, without it."""
+    doc = json.loads((GS1 / name).read_text())
+    for raw in doc["epcisBody"]["eventList"]:
+        raw.pop("errorDeclaration", None)
+    r = map_epcis(doc, origin=name)
     transformed = [e for k, e in r.events if k == "genealogy.LotTransformed"]
     assert transformed and not [x for x in r.rejects if "class-level" in x.reason]
     outputs = {ids.node(**q["node"]) for e in transformed for q in e["outputs"]}
@@ -77,3 +81,44 @@ def test_business_transactions_of_an_event_are_named_by_the_recall():
         "transaction:desadv:urn:epcglobal:cbv:bt:0614141073467:1152", "transaction:po:http://transaction.acme.com/po/12345678"}
         & {parent for child, parent, relation, *_ in edges if relation == "transacted" and child == ids.node(**shipped)})
     assert answer["business_transactions"]
+
+
+def derived(events) -> list:
+    outs = []
+    for station, group in by_station(events).items():
+        outs.append(derive({"batch_id": "b", "source": station, "sent_ms": 0, "events": group}, {}, 10_000, 3_600_000,
+                           now_ms=2_000_000_000_000))
+    return outs
+
+
+def test_an_error_declaration_retracts_exactly_what_the_event_contributed():
+    """GS1's Example 9.6.1 with an error declaration: the shipping event re-sent with errorDeclaration.
+    It contributes no edge; it takes back the original's edges (the same ids), with reason and corrective ids."""
+    doc = json.loads((GS1 / "WithErrorDeclaration/Example_9.6.1-ObjectEvent-with-error-declaration.jsonld").read_text())
+    declared = doc["epcisBody"]["eventList"][0]
+    r = map_epcis(doc, origin="d")
+    [retracted] = [e for k, e in r.events if k == "genealogy.EventRetracted"]
+    assert retracted["retracts"] == declared["eventID"] and retracted["reason"] == "incorrect_data"
+    assert retracted["corrective_event_ids"] == declared["errorDeclaration"]["correctiveEventIDs"]
+
+    original = json.loads(json.dumps(doc))
+    original["epcisBody"]["eventList"] = [{k: v for k, v in declared.items() if k != "errorDeclaration"}]
+    first = [e for out in derived(map_epcis(original, origin="o").events) for e in out.edges]
+    assert {e["relation"] for e in first} == {"packed", "transacted"}
+
+    outs = derived(r.events)
+    kept = {e["source_event"] for out in outs for e in out.edges}
+    assert declared["eventID"] not in kept  # the other event of the file still gives its edges
+    taken = [x for out in outs for x in out.retractions]
+    assert sorted(x["edge_id"] for x in taken) == sorted(e["edge_id"] for e in first)
+    assert {(x["kind"], x["declaration"], x["reason"]) for x in taken} == {("edge", f"{declared['eventID']}#declared", "incorrect_data")}
+
+
+def test_a_declared_commissioning_takes_back_its_unit_rows():
+    doc = json.loads((GS1 / "WithFullCombinationOfFields/transformation_event_all_possible_fields.jsonld").read_text())
+    r = map_epcis(doc, origin="d")
+    [retracted] = [e for k, e in r.events if k == "genealogy.EventRetracted"]
+    completions = [e for k, e in retracted["events"] if k == "genealogy.UnitCompleted"]
+    units = [x for out in derived(r.events) for x in out.retractions if x["kind"] == "unit"]
+    assert completions and sorted((x["child"], x["source_event"]) for x in units) == sorted(
+        (ids.node(**c["unit"]), c["event_id"]) for c in completions)

@@ -67,7 +67,16 @@ def consumed_sweep(events: list[tuple[str, dict]]) -> set[tuple[str, str]]:
     return out
 
 
+def standing(events: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The events no error declaration retracted: a declaration of event X takes back X and every
+    event mapped from it (ids X#...)."""
+    retracted = {e["retracts"] for k, e in events if k == "genealogy.EventRetracted"}
+    return [(k, e) for k, e in events if k != "genealogy.EventRetracted"
+            and e["event_id"] not in retracted and e["event_id"].split("#")[0] not in retracted]
+
+
 def edges(events: list[tuple[str, dict]]) -> set[tuple[str, str, str]]:
+    events = standing(events)
     out = {(m, u, "consumed") for m, u in consumed_sweep(events)}
     for kind, e in events:
         if kind == "genealogy.ComponentInstalled":
@@ -85,7 +94,7 @@ def edges(events: list[tuple[str, dict]]) -> set[tuple[str, str, str]]:
 
 def production_lots(events: list[tuple[str, dict]]) -> dict[str, str]:
     return {nid(e["unit"]): f"lot:{e['unit']['item']}:{e['production_lot']}"
-            for k, e in events if k == "genealogy.UnitCompleted"}
+            for k, e in standing(events) if k == "genealogy.UnitCompleted"}
 
 
 def reach_forward(edge_set, target: str) -> set[str]:
