@@ -253,7 +253,7 @@ def _print_recall(body: dict) -> None:
 @app.command()
 def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:item:id, EPC URN or Digital Link")],
           data_dir: DataDir = None, as_json: Json = False) -> None:
-    """Backward trace: the as-built tree of a unit, down to supplier lots."""
+    """Backward trace: the as-built tree of a unit, down to supplier lots, and the containers and shipments it was in."""
     s = _settings(data_dir)
     body = _get(s, "/trace", as_json, serial=serial)
     if as_json:
@@ -269,6 +269,9 @@ def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:i
 
     add(tree, body["components"])
     out.print(tree)
+    for c in body.get("containment", []):
+        until = "now" if c["to_ms"] is None else _iso(c["to_ms"])
+        out.print(f"in {c['node']}  [dim]{_iso(c['from_ms'])} .. {until}[/]")
     out.print(f"{body['node_count']} nodes, {len(body['supplier_lots'])} supplier lots, query {body['query_ms']} ms")
 
 
@@ -276,7 +279,7 @@ def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:i
 def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bind values with {name:Type}")],
         param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="name=value for {name:Type}")] = None,
         data_dir: DataDir = None, as_json: Json = False) -> None:
-    """Analyst SQL: one SELECT over the pipeline's tables (edges, edges_by_parent, units, lot_members, units_by_station, nodes, station_facts, capture_batches, dead_letters, reprocessed, and the *_final views); capped, read-only."""
+    """Analyst SQL: one SELECT over the pipeline's tables (edges, edges_by_parent, units, lot_members, units_by_station, nodes, station_facts, capture_batches, dead_letters, reprocessed, corrections, unpacked, and the *_final views); capped, read-only."""
     s = _settings(data_dir)
     client = _client(s, as_json)
     params = dict(p.split("=", 1) for p in (param or []))

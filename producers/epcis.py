@@ -8,8 +8,11 @@ EPCISQueryDocument) or a single event and returns a ``MapResult``:
   names a lot (``cbvmda:lotNumber``), also one ``UnitCompleted`` per output
   serial with that production lot, so lot membership is known.
 * AggregationEvent ADD / OBSERVE -> ``Packed`` (parentID is the container,
-  childEPCs + childQuantityList the contents). DELETE (unpacking) has no capture
-  event yet: counted in ``unknown`` with a note, never turned into edges.
+  childEPCs + childQuantityList the contents). DELETE -> ``Unpacked``: the contents
+  (all of them when childEPCs is empty, as the standard says) leave the container at
+  that time. A packed edge holds from its ADD to the first DELETE after it, so a recall
+  names only the containers a unit was in and the shipments that carried it (a
+  container shipped after the unit left it is not in its scope).
 * ObjectEvent, bizStep commissioning with an ILMD lot -> ``UnitCompleted`` per
   serial in epcList; bizStep shipping with a bizTransaction or destination ->
   ``Packed`` of epcList + quantityList into ``shipment:shipment:<id>``. Other
@@ -187,18 +190,18 @@ def _typed(raw: dict, etype: str, event_id: str, common: dict, out: MapResult) -
 
     if etype == "AggregationEvent":
         action = str(raw.get("action") or "").upper()
-        if action == "DELETE":
-            out.skip(f"AggregationEvent DELETE of {_text(raw.get('parentID')) or 'an unnamed parent'}: "
-                     "unpacking has no capture event yet; kept out of the genealogy")
-            return out
-        if action not in ("ADD", "OBSERVE"):
+        if action not in ("ADD", "OBSERVE", "DELETE"):
             raise Bad(f"action: {raw.get('action')!r} is not ADD, OBSERVE or DELETE")
         if not _text(raw.get("parentID")):
-            raise Bad("parentID: missing; an aggregation needs the container it packs into")
+            raise Bad("parentID: missing; an aggregation needs the container it packs into or empties")
         container = _node(raw.get("parentID"), "parentID", out)
         if ids.kind_of(container) not in ("container", "shipment"):
             raise Bad(f"parentID: {container} is a {ids.kind_of(container)}, not a container (SSCC)")
         contents = _nodes(raw, "childEPCs", "childQuantityList", out)
+        if action == "DELETE":  # no children: everything comes out
+            out.events.append(event("Unpacked", event_id=event_id, **common, container=ref(container),
+                                    contents=[ref(n) for _, n, _ in contents], operator=None))
+            return out
         if not contents:
             raise Bad("childEPCs/childQuantityList: an aggregation needs at least one child")
         out.events.append(_packed(event_id, common, container, contents))

@@ -33,12 +33,13 @@ _FILES = {CAPTURE: "capture_batch.avsc", EDGES: "edge_batch.avsc", DEAD_LETTER: 
           DERIVED: "derived_columns.avsc"}
 # Fixed ids for the repository's own registry. Never reuse or renumber an id:
 # a new version of a schema gets a new id, so old messages stay readable.
-LOCAL_IDS = {CAPTURE: 7, EDGES: 2, DEAD_LETTER: 3, DERIVED: 8}
+LOCAL_IDS = {CAPTURE: 9, EDGES: 2, DEAD_LETTER: 3, DERIVED: 10}
 # Earlier versions, read but no longer written: id -> (schema, file). Capture v1 (id 1) had no
 # MaterialIdentified or UnitTested; v2 (id 5) appended them to the event union, v3 (id 6) UnitRouted,
-# v4 EventRetracted. DerivedColumns v1 (id 4) had no retractions group.
+# v4 (id 7) EventRetracted, v5 Unpacked. DerivedColumns v1 (id 4) had no retractions group, v2 (id 8)
+# no unpacked group.
 PAST_IDS = {1: (CAPTURE, "capture_batch.v1.avsc"), 5: (CAPTURE, "capture_batch.v2.avsc"), 6: (CAPTURE, "capture_batch.v3.avsc"),
-            4: (DERIVED, "derived_columns.v1.avsc")}
+            7: (CAPTURE, "capture_batch.v4.avsc"), 4: (DERIVED, "derived_columns.v1.avsc"), 8: (DERIVED, "derived_columns.v2.avsc")}
 
 _HEADER = struct.Struct(">bI")
 
@@ -133,7 +134,7 @@ EDGE_BATCH_ROWS = 2_000
 def derived_messages(batch_id: str, out: Any, rows: int = EDGE_BATCH_ROWS):
     """What was derived, as schemas.DERIVED records (columns) of bounded size: one capture batch can
     resolve many pending units."""
-    total = max(len(out.edges), len(out.units), len(out.facts), len(out.retractions))
+    total = max(len(getattr(out, group)) for group in COLUMNS)
     for n, start in enumerate(range(0, total, rows)):
         yield {"batch_id": f"{batch_id}#{n}",
                **{group: columns(getattr(out, group)[start:start + rows], group) for group in COLUMNS}}

@@ -55,6 +55,14 @@ SELECT parent, child, any(relation), min(toUnixTimestamp64Milli(event_time)), an
 FROM edges_by_parent WHERE parent IN {nodes:Array(String)}
 GROUP BY parent, child ORDER BY parent, child
 """
+# Containment over time (genealogy.domain.recall.containment): when things were packed, and unpacked.
+PACKED_INTO_SQL = """
+SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM edges
+WHERE child IN {nodes:Array(String)} AND relation = 'packed'
+"""
+UNPACKINGS_SQL = """
+SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM unpacked WHERE parent IN {containers:Array(String)}
+"""
 PRODUCTION_LOTS_SQL = "SELECT unit, any(production_lot) FROM units WHERE unit IN {units:Array(String)} GROUP BY unit"
 LOT_MEMBERS_SQL = "SELECT DISTINCT production_lot, unit FROM lot_members WHERE production_lot IN {lots:Array(String)}"
 UNITS_AT_SQL = """

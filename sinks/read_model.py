@@ -79,6 +79,12 @@ class ReadModel:
             return self.rows(q.PARENTS_SQL, nodes=nodes)
         return self.rows(q.PARENTS_IN_WINDOW_SQL, nodes=nodes, since=since_ms or 0, until=until_ms or 2**62)
 
+    def packed_into(self, nodes: Iterable[str]) -> list[tuple[str, str, int]]:
+        return self.rows(q.PACKED_INTO_SQL, nodes=sorted(set(nodes)))
+
+    def unpackings(self, containers: Iterable[str]) -> list[tuple[str, str, int]]:
+        return self.rows(q.UNPACKINGS_SQL, containers=sorted(set(containers)))
+
     def children(self, nodes: Iterable[str]) -> list[tuple[str, str, str, int, str]]:
         nodes = list(nodes)
         return self.rows(q.CHILDREN_SQL, nodes=nodes) if nodes else []

@@ -22,6 +22,8 @@ FROM_DERIVED = {
     "corrections": {"kind": "kind", "edge_id": "edge_id", "child": "child", "parent": "parent", "relation": "relation",
                     "source_event": "source_event", "declaration": "declaration", "reason": "reason",
                     "corrective": "corrective", "declared_at": "event_ms", "station": "station"},
+    "unpacked": {"child": "child", "parent": "parent", "event_time": "event_ms", "station": "station",
+                 "source_event": "source_event"},
 }
 EDGE_COLUMNS = list(FROM_DERIVED["edges"])
 UNIT_COLUMNS = list(FROM_DERIVED["units"])

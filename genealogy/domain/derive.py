@@ -41,6 +41,7 @@ class Derived:
     units: list[dict] = field(default_factory=list)
     facts: list[dict] = field(default_factory=list)
     retractions: list[dict] = field(default_factory=list)  # what error declarations take back (``retractions``)
+    unpacked: list[dict] = field(default_factory=list)     # contents taken out of containers: packed edges end
     rejected: list[Rejected] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # station -> completions waiting for the watermark
     max_ms: dict[str, int] = field(default_factory=dict)   # station -> newest event time
@@ -232,6 +233,11 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
                 collect(e["station"], result, kind, e)
             elif kind == "genealogy.StationHeartbeat":
                 collect(e["station"], join_for(e["station"]).heartbeat(e["event_ms"]), kind, e)
+            elif kind == "genealogy.Unpacked":
+                container = node_of(e["container"], "container", ("container", "shipment"))
+                contents = [node_of(r, f"contents[{i}]", ("serial", "lot", "class", "container")) for i, r in enumerate(e["contents"])]
+                out.unpacked.extend({"child": c, "parent": container, "event_ms": e["event_ms"], "station": e["station"],
+                                     "source_event": e["event_id"]} for c in (contents or [""]))
             elif kind == "genealogy.EventRetracted":
                 out.retractions.extend(retractions(e))
             elif kind in ("genealogy.UnitScrapped", "genealogy.UnitTested", "genealogy.UnitRouted",

@@ -36,6 +36,16 @@ class Traversals(Graph, Protocol):
     def backward_edges(self, unit: str, max_depth: int = 64) -> list[tuple[str, str, str, int, str]]: ...
 
 
+class Packing(Graph, Protocol):
+    """Optional: a graph that knows when things were packed and unpacked (genealogy.sinks.read_model.ReadModel)."""
+    def packed_into(self, nodes: list[str]) -> list[tuple[str, str, int]]: ...      # (child, container, added at)
+    def unpackings(self, containers: list[str]) -> list[tuple[str, str, int]]: ...  # (child or "" = all, container, at)
+
+
+def _packing(graph: Graph) -> Packing | None:
+    return graph if callable(getattr(graph, "unpackings", None)) else None  # type: ignore[return-value]
+
+
 def _traversals(graph: Graph) -> Traversals | None:
     return graph if callable(getattr(graph, "forward_reach", None)) else None  # type: ignore[return-value]
 
@@ -209,9 +219,69 @@ def process_window(graph: Graph, station: str, since_ms: int, until_ms: int, ope
     return _scope(graph, label, reached | set(units), levels, lot_level(graph, units) if units else {}, since_ms, until_ms)
 
 
+INF = float("inf")
+Intervals = list[tuple[float, float]]
+
+
+def containment(graph: Packing, starts: list[str], max_levels: int = 64) -> dict[str, Intervals]:
+    """When each container and shipment held any of the starts: container -> [from, to) intervals.
+
+    A packed edge child -> container holds from its time to the first unpacking of that child (or of
+    everything in the container) after it; nested, the intervals intersect. A shipment carries what its
+    container held at the shipping instant, from then on. Starts are held for all time."""
+    held: dict[str, Intervals] = {s: [(-INF, INF)] for s in starts}
+    frontier = sorted(set(starts))
+    for _ in range(max_levels):
+        if not frontier:
+            break
+        adds = graph.packed_into(frontier)
+        ends: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for child, container, at in graph.unpackings(sorted({p for _, p, _ in adds})):
+            ends[(child, container)].append(at)
+        grown: set[str] = set()
+        for child, container, at in adds:
+            end = min((t for t in ends[(child, container)] + ends[("", container)] if t > at), default=INF)
+            if ids.kind_of(container) == "shipment":
+                spans = [(at, INF)] if any(lo <= at < hi for lo, hi in held[child]) else []
+            else:
+                spans = [(max(lo, at), min(hi, end)) for lo, hi in held[child] if max(lo, at) < min(hi, end)]
+            merged = _merge(held.get(container, []) + spans)
+            if merged != held.get(container, []):
+                held[container] = merged
+                grown.add(container)
+        frontier = sorted(grown)
+    return {n: spans for n, spans in held.items() if n not in starts}
+
+
+def _merge(spans: Intervals) -> Intervals:
+    out: Intervals = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+def _held(graph: Graph, target: str, reached: set[str]) -> set[str] | None:
+    """The containers, shipments and business transactions of the reached, with time: None when no
+    reached container was ever unpacked (then everything packed stayed packed, and reach is exact)."""
+    packing = _packing(graph)
+    packed = sorted(n for n in reached if ids.kind_of(n) in ("container", "shipment"))
+    if packing is None or not packed or not packing.unpackings(packed):
+        return None
+    things = [target] + sorted(n for n in reached if ids.kind_of(n) not in ("container", "shipment", "transaction"))
+    held = set(containment(packing, things))
+    members = things + sorted(held)
+    return held | {p for _, p in graph.parents(members) if ids.kind_of(p) == "transaction"}
+
+
 def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope: dict[str, int], since_ms, until_ms,
            known_lots: dict[str, str] | None = None) -> Recall:
     """known_lots: unit -> production lot, already looked up for (at least) every unit reached."""
+    held = _held(graph, target, reached)
+    if held is not None:
+        reached = {n for n in reached if ids.kind_of(n) not in ("container", "shipment", "transaction")} | held
     by_kind: dict[str, list[str]] = {k: [] for k in ids.KINDS}
     for node_id in sorted(reached):
         by_kind[ids.kind_of(node_id)].append(node_id)
@@ -238,7 +308,10 @@ def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:
 
 
 def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
-    """Backward, as built: the unit's components, theirs, down to supplier lots."""
+    """Backward, as built: the unit's components, theirs, down to supplier lots; and where the unit
+    was packed (containment: each container and shipment with from/to, ``now``: those still open)."""
+    packing = _packing(graph)
+    where = containment(packing, [unit]) if packing is not None else {}
     if (server := _traversals(graph)) is not None:
         graph = _Backward(server, unit, max_depth)  # type: ignore[assignment]
     levels = _children_by_level(graph, unit, max_depth)
@@ -257,7 +330,10 @@ def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
     leaves = sorted(n for n in seen if n != unit and n not in tree)
     return {"unit": unit, "components": build(unit, frozenset({unit})), "depth": depth,
             "leaves": leaves, "supplier_lots": [n for n in leaves if ids.kind_of(n) == "lot"],
-            "node_count": len(seen) - 1}
+            "node_count": len(seen) - 1,
+            "containment": [{"node": n, "from_ms": int(lo), "to_ms": None if hi == INF else int(hi)}
+                            for n, spans in sorted(where.items(), key=lambda kv: (kv[1][0][0], kv[0])) for lo, hi in spans],
+            "now": sorted(n for n, spans in where.items() if spans[-1][1] == INF)}
 
 
 def _children_by_level(graph: Graph, unit: str, max_depth: int) -> list[list[tuple[str, str, str, int, str]]]:

@@ -130,6 +130,18 @@ CREATE TABLE IF NOT EXISTS corrections (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (source_event, kind, edge_id, child);
 
+-- Contents taken out of containers (EPCIS AggregationEvent DELETE; child '' = everything in it): a
+-- packed edge child -> parent holds from its event_time to the first unpacking after it. Sorted by
+-- container, since recall asks "was anything ever taken out of these containers?".
+CREATE TABLE IF NOT EXISTS unpacked (
+    child        String,
+    parent       String,
+    event_time   DateTime64(3, 'UTC'),
+    station      LowCardinality(String),
+    source_event String
+) ENGINE = ReplacingMergeTree
+ORDER BY (parent, child, event_time, source_event);
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     dead_letter_id String,
     stage          LowCardinality(String),

@@ -164,7 +164,7 @@ def test_ingest_of_standard_files_lands_with_its_dead_letters(stack, tmp_path):
         ("unknown", "line1_stations.jsonl", 2), ("ingest", "line1_stations.jsonl", 13),
         ("ingest", "plant_document.jsonld", 1), ("ingest", "plant_document.jsonld", 1),
         ("unknown", "line1_stations.jsonl", 11),
-        ("unknown", "plant_document.jsonld", 1), ("unknown", "plant_document.jsonld", 1)])
+        ("unknown", "plant_document.jsonld", 1)])  # its unpacking (DELETE) is an Unpacked event now
     assert {r[0] for r in rows} == {d["dead_letter_id"] for d in letters}
     for _, stage, topic, offset, reason, _ in rows:
         assert reason.startswith(f"{topic}:{offset}"), reason  # file and line

@@ -292,7 +292,7 @@ def test_ingest_gives_the_mappers_events_in_station_batches():
     expected = map_epcis(json.loads((FIXTURES / "epcis/plant_document.jsonld").read_text()), origin="x")
     assert canonical(e for b in doc.batches for e in b["events"]) == canonical(expected.events)
     assert doc.untraceable == expected.untraceable
-    assert doc.counts == {"values": 1, "events": 11, "batches": 3, "rejects": 2, "unknown": 2, "untraceable": 1}
+    assert doc.counts == {"values": 1, "events": 12, "batches": 3, "rejects": 2, "unknown": 1, "untraceable": 1}
 
 
 def test_rejects_and_unknowns_are_dead_letters_naming_file_line_and_field():
@@ -315,7 +315,7 @@ def test_rejects_and_unknowns_are_dead_letters_naming_file_line_and_field():
     assert reasons[0].startswith("plant_document.jsonld:1#eventList[3]: childEPCs[1]: ")
     assert reasons[1].startswith("plant_document.jsonld:1#eventList[7]: eventTime: ")
     assert all(json.loads(d["payload"])["type"] in ("AggregationEvent", "TransformationEvent") for d in doc.dead_letters)
-    assert sorted(d["event_kind"] for d in doc.unknown) == ["AggregationEvent", "ObjectEvent"]
+    assert sorted(d["event_kind"] for d in doc.unknown) == ["ObjectEvent"]  # the DELETE is an Unpacked now
 
     again = ingest_path(FIXTURES / "cfx/line1_stations.jsonl", "cfx")  # same input, same ids: no new dead letters
     assert [d["dead_letter_id"] for d in again.dead_letters + again.unknown] == \

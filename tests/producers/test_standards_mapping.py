@@ -105,17 +105,22 @@ def test_rejects_name_the_field_and_the_rest_continue(plant):
     assert "check digit" in reasons["plant_document.jsonld#eventList[3]"]
     assert reasons["plant_document.jsonld#eventList[7]"].startswith("eventTime: ")
     assert all(r.raw["type"] in ("AggregationEvent", "TransformationEvent") for r in plant.rejects)
-    # 1 transformation + 3 completions, 2 packings, 2 commissioned serials, and 3 business transaction
-    # links (the transformation's production order, the shipment's purchase order and despatch advice)
-    assert len(plant.events) == 11
+    # 1 transformation + 3 completions, 2 packings, 1 unpacking, 2 commissioned serials, and 3 business
+    # transaction links (the transformation's production order, the shipment's purchase order and despatch advice)
+    assert len(plant.events) == 12
     links = [e for k, e in plant.events if k == "genealogy.TransactionLinked"]
     assert sorted(e["transaction"]["item"] for e in links) == ["desadv", "po", "prodorder"]
 
 
-def test_unpacking_and_plain_commissioning_are_counted_not_mapped(plant):
-    assert plant.unknown == 2
-    assert any("eventList[4]" in n and "DELETE" in n for n in plant.notes)
+def test_plain_commissioning_is_counted_not_mapped(plant):
+    assert plant.unknown == 1
     assert any("eventList[6]" in n and "no ILMD lot" in n for n in plant.notes)
+
+
+def test_unpacking_is_an_unpacked_event(plant):
+    """eventList[4]: an AggregationEvent DELETE with no childEPCs takes everything out of the container."""
+    [unpacked] = [e for k, e in plant.events if k == "genealogy.Unpacked"]
+    assert node(unpacked["container"]).startswith("container:sscc:") and unpacked["contents"] == []
 
 
 def test_urn_and_digital_link_forms_give_identical_events():

@@ -81,7 +81,7 @@ def test_columns_round_trip_through_avro(derived):
     for batch_id, out in derived[:20]:
         for message in derived_messages(batch_id, out, rows=7):
             data = serde.encode(schemas.DERIVED, message)
-            assert int.from_bytes(data[1:5], "big") == schemas.LOCAL_IDS[schemas.DERIVED] == 8
+            assert int.from_bytes(data[1:5], "big") == schemas.LOCAL_IDS[schemas.DERIVED] == 10
             assert serde.decode(data) == (schemas.DERIVED, message)
         chunks = list(derived_messages(batch_id, out, rows=7))
         assert [e for m in chunks for e in m["edges"]["edge_id"]] == [e["edge_id"] for e in out.edges]
@@ -124,6 +124,6 @@ def test_impossible_times_clamp_to_the_epoch(writer, read_model):
             "station": "ST", "operator": "", "work_order": "", "parent_lot": "", "quantity": 1.0, "source_event": "e"}
     message = {"batch_id": "b", "edges": schemas.columns([edge, {**edge, "edge_id": 2, "event_ms": 10**15}], "edges"),
                "units": schemas.columns([], "units"), "facts": schemas.columns([], "facts"),
-               "retractions": schemas.columns([], "retractions")}
+               "retractions": schemas.columns([], "retractions"), "unpacked": schemas.columns([], "unpacked")}
     sink_into(writer, [serde.encode(schemas.DERIVED, message)])
     assert [r[4] for r in read_model.rows(EDGES_SQL)] == [0, 0]

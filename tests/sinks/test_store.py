@@ -51,7 +51,8 @@ def levels_only(read_model):
     """The same read model without its whole-traversal queries: genealogy.recall then walks it level by
     level through the Graph calls (the portable path MemGraph takes)."""
     return SimpleNamespace(parents=read_model.parents, children=read_model.children, units_at=read_model.units_at,
-                           production_lots=read_model.production_lots, lot_members=read_model.lot_members)
+                           production_lots=read_model.production_lots, lot_members=read_model.lot_members,
+                           packed_into=read_model.packed_into, unpackings=read_model.unpackings)
 
 
 def tangled(params, seed: int, n_extra: int):

@@ -56,8 +56,9 @@ def completions(lots: dict[str, str], seed: int) -> dict[str, tuple[str, int, st
 
 
 class MemGraph:
-    def __init__(self, edges, lots, done=None):
+    def __init__(self, edges, lots, done=None, unpacks=()):
         self.edges, self.lots = edges, lots
+        self.unpacks = list(unpacks)  # (child or "" = everything, container, at)
         self.done = done or {}
         self.members = defaultdict(list)
         for unit, lot in lots.items():
@@ -85,3 +86,11 @@ class MemGraph:
 
     def lot_members(self, lots):
         return {lot: list(self.members.get(lot, [])) for lot in lots}
+
+    def packed_into(self, nodes):
+        nodes = set(nodes)
+        return sorted({(c, p, t) for c, p, rel, t, _ in self.edges if c in nodes and rel == "packed"})
+
+    def unpackings(self, containers):
+        containers = set(containers)
+        return sorted({u for u in self.unpacks if u[1] in containers})

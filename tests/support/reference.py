@@ -123,3 +123,42 @@ def lot_scope(edge_set, lots: dict[str, str], target: str) -> dict[str, int]:
     for lot in lots.values():
         sizes[lot] += 1
     return {lot: sizes[lot] for lot in sorted(reached) if sizes.get(lot)}
+
+
+def held_over_time(events: list[tuple[str, dict]]) -> dict[str, set[str]]:
+    """node -> every container and shipment that ever held it, by replaying packings (Packed) and
+    unpackings (Unpacked; no contents = everything) in time order and looking at the whole state after
+    each one. A shipment carries what the shipped thing held at the shipping instant."""
+    log = []
+    for kind, e in standing(events):
+        if kind == "genealogy.Packed":
+            log += [(e["event_ms"], "add", nid(c), nid(e["container"])) for c in e["contents"]]
+        elif kind == "genealogy.Unpacked":
+            log += [(e["event_ms"], "del", nid(c) if c else "", nid(e["container"])) for c in (e["contents"] or [None])]
+    inside: set[tuple[str, str]] = set()
+    held: dict[str, set[str]] = defaultdict(set)
+
+    def above(node: str) -> set[str]:
+        out, stack = set(), [node]
+        while stack:
+            n = stack.pop()
+            for c, p in inside:
+                if c == n and p not in out:
+                    out.add(p)
+                    stack.append(p)
+        return out
+
+    everything = {c for _, _, c, _ in log if c} | {p for _, _, _, p in log}
+    for _, action, child, parent in sorted(log):
+        if parent.startswith("shipment:"):
+            for n in everything:
+                if n == child or child in above(n):
+                    held[n].add(parent)
+            continue
+        if action == "add":
+            inside.add((child, parent))
+        else:
+            inside.difference_update({(c, p) for c, p in inside if p == parent and (child == "" or c == child)})
+        for n in everything:
+            held[n].update(above(n))
+    return held
