@@ -33,10 +33,12 @@ _FILES = {CAPTURE: "capture_batch.avsc", EDGES: "edge_batch.avsc", DEAD_LETTER: 
           DERIVED: "derived_columns.avsc"}
 # Fixed ids for the repository's own registry. Never reuse or renumber an id:
 # a new version of a schema gets a new id, so old messages stay readable.
-LOCAL_IDS = {CAPTURE: 6, EDGES: 2, DEAD_LETTER: 3, DERIVED: 4}
+LOCAL_IDS = {CAPTURE: 7, EDGES: 2, DEAD_LETTER: 3, DERIVED: 4}
 # Earlier versions, read but no longer written: id -> (schema, file). Capture v1 (id 1) had no
-# MaterialIdentified or UnitTested; v2 (id 5) appended them to the event union, v3 appended UnitRouted.
-PAST_IDS = {1: (CAPTURE, "capture_batch.v1.avsc"), 5: (CAPTURE, "capture_batch.v2.avsc")}
+# MaterialIdentified or UnitTested; v2 (id 5) appended them to the event union, v3 (id 6) appended
+# UnitRouted, v4 (id 7, capture_batch.avsc) appended Associated.
+PAST_IDS = {1: (CAPTURE, "capture_batch.v1.avsc"), 5: (CAPTURE, "capture_batch.v2.avsc"),
+            6: (CAPTURE, "capture_batch.v3.avsc")}
 
 _HEADER = struct.Struct(">bI")
 

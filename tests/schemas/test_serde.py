@@ -64,3 +64,34 @@ def test_capture_written_before_v2_stays_readable():
     buf.write(b"\x00\x00\x00\x00\x05")
     fastavro.schemaless_writer(buf, v2, v2_only)
     assert serde.decode(buf.getvalue(), expect=schemas.CAPTURE) == (schemas.CAPTURE, v2_only)
+
+
+def test_capture_written_before_associated_stays_readable():
+    """Capture v3 (id 6, before Associated) is what the broker and capture_batches hold until this version:
+    it still decodes, to the same record. New capture (id 7) carries Associated; v3 could not."""
+    import io
+    import json
+
+    import fastavro
+
+    v3 = fastavro.parse_schema(json.loads((Path(schemas.__file__).parent / "capture_batch.v3.avsc").read_text()))
+    serde = schemas.local_serde()
+    assert schemas.PAST_IDS[6] == (schemas.CAPTURE, "capture_batch.v3.avsc") and schemas.LOCAL_IDS[schemas.CAPTURE] == 7
+    routed = {"batch_id": "b", "source": "AOI-1", "sent_ms": 1, "events": [("genealogy.UnitRouted", {
+        "event_id": "e", "event_ms": 1_800_000_000_000, "station": "AOI-1", "unit": {"kind": "serial", "item": "BRD", "ident": "U1"},
+        "route": "lane", "name": "2", "note": "WorkStarted.Lane"})]}
+    for batch in [routed, *Plant(units=10, lot_size=5, batch_size=7).generate().batches()]:
+        buf = io.BytesIO()
+        buf.write(b"\x00\x00\x00\x00\x06")
+        fastavro.schemaless_writer(buf, v3, batch)
+        assert serde.decode(buf.getvalue(), expect=schemas.CAPTURE) == (schemas.CAPTURE, batch)
+
+    associated = {"batch_id": "b", "source": "sgln:4012345000016", "sent_ms": 1, "events": [("genealogy.Associated", {
+        "event_id": "e", "event_ms": 1_800_000_000_000, "station": "sgln:4012345000016",
+        "parent": {"kind": "asset", "item": "grai", "ident": "04012345555554987"},
+        "contents": [{"kind": "asset", "item": "giai", "ident": "400000112345"}], "operator": None})]}
+    data = serde.encode(schemas.CAPTURE, associated)
+    assert int.from_bytes(data[1:5], "big") == 7
+    assert serde.decode(data) == (schemas.CAPTURE, associated)
+    with pytest.raises(ValueError):  # the v3 writer has no Associated record
+        fastavro.schemaless_writer(io.BytesIO(), v3, associated)
