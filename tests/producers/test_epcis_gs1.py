@@ -224,3 +224,21 @@ def test_a_recall_of_something_associated_with_an_asset_lists_the_asset():
         assert answer["containers"] == sorted(n for n in reached if n.startswith("container:"))
     assert recall(graph, LOT_123).as_dict()["assets"] == [TRAY_987]
     assert recall(graph, SENSOR_2).as_dict()["locations"] == [COLD_ROOM]
+
+
+def test_a_station_and_the_location_node_of_one_sgln_agree():
+    """The readPoint's station (epcis.location) and an SGLN parent's node (ids) are parsed by two pieces of
+    code: the same GLN and extension must give 'location:' + station, in URN and Digital Link form."""
+    from hypothesis import given, strategies as st
+
+    from genealogy.producers.epcis import location
+
+    @given(st.integers(6, 12), st.text("0123456789", min_size=12, max_size=12),
+           st.one_of(st.just("0"), st.text("ABCXYZabc0123456789-_", min_size=1, max_size=20)))
+    def agree(prefix_len, digits12, extension):
+        gln = digits12 + ids.gs1_check_digit(digits12)
+        for text in (f"urn:epc:id:sgln:{digits12[:prefix_len]}.{digits12[prefix_len:]}.{extension}",
+                     f"https://id.gs1.org/414/{gln}/254/{extension}"):
+            assert "location:" + location(text, "readPoint.id") == ids.normalize(text)
+
+    agree()
