@@ -264,6 +264,8 @@ def _association(raw: dict, event_id: str, common: dict, out: MapResult) -> MapR
     for where, n, _ in contents:
         if ids.kind_of(n) not in ASSOCIATION_CONTENTS:
             raise Bad(f"{where}: {n} is a {ids.kind_of(n)}; only objects are associated")
+        if n == parent:
+            raise Bad(f"{where}: {n} is the parentID itself")
     out.events.append(event("Associated", event_id=event_id, **common, parent=ref(parent),
                             contents=[ref(n) for n in dict.fromkeys(n for _, n, _ in contents)], operator=None))
     return out

@@ -184,6 +184,7 @@ def test_an_association_delete_never_becomes_an_edge():
     ({"parentID": "urn:epc:class:lgtin:4023333.002000.123"}, "is a lot"),
     ({"childEPCs": ["urn:epc:id:gsrn:95252084.000000001"]}, "only objects are associated"),
     ({"childEPCs": ["urn:epc:id:grai:4012345.55555"]}, "childEPCs[0]: "),
+    ({"childEPCs": ["https://id.gs1.org/8003/04012345555554987"]}, "is the parentID itself"),
 ])
 def test_an_association_that_cannot_be_mapped_is_rejected_naming_the_field(change, reason):
     event = json.loads((GS1 / "AssociationEvent/AssociationEvent-a.jsonld").read_text())["epcisBody"]["eventList"][0]
@@ -242,3 +243,16 @@ def test_a_station_and_the_location_node_of_one_sgln_agree():
             assert "location:" + location(text, "readPoint.id") == ids.normalize(text)
 
     agree()
+
+
+def test_content_ids_of_events_with_asset_identifiers_are_as_before():
+    """Where no event hash can be computed, the content id hashes GIAI, GRAI, GSRN strings as written, as it
+    did before they were identifiers: an event stored then keeps its id (its URN and Digital Link forms
+    differ, as they did), while a GTIN's forms still hash alike."""
+    from genealogy.producers.epcis import content_id
+
+    event = json.loads((GS1 / "AssociationEvent/AssociationEvent-a.jsonld").read_text())["epcisBody"]["eventList"][0]
+    as_dl = dict(event, childEPCs=["https://id.gs1.org/8004/400000112345"])
+    assert content_id(event) != content_id(as_dl)
+    sgtin = dict(event, childEPCs=["urn:epc:id:sgtin:0614141.812345.6789"])
+    assert content_id(sgtin) == content_id(dict(event, childEPCs=["https://id.gs1.org/01/80614141123458/21/6789"]))
