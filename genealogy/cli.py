@@ -244,6 +244,9 @@ def _print_recall(body: dict) -> None:
     if body.get("business_transactions"):
         out.print("business transactions (whom to notify): " + ", ".join(body["business_transactions"][:10])
                   + (" ..." if len(body["business_transactions"]) > 10 else ""))
+    for key, label in (("assets", "associated with assets"), ("locations", "associated with locations")):
+        if body.get(key):
+            out.print(f"{label}: " + ", ".join(body[key][:10]) + (" ..." if len(body[key]) > 10 else ""))
     if body["widened_by"]:
         out.print("widened by lot nodes on the path: " + ", ".join(f"{k} (+{v:,})" for k, v in body["widened_by"].items()))
     if body["shipments"]:

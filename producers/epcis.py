@@ -13,16 +13,39 @@ EPCISQueryDocument) or a single event and returns a ``MapResult``:
   that time. A packed edge holds from its ADD to the first DELETE after it, so a recall
   names only the containers a unit was in and the shipments that carried it (a
   container shipped after the unit left it is not in its scope).
+* AssociationEvent (EPCIS 2.0) ADD / OBSERVE -> ``Associated``: childEPCs + childQuantityList are
+  associated for good with parentID (a GIAI or GRAI asset, an SGLN location, an SGTIN unit or an
+  SSCC), edge relation ``associated`` child -> parent, so a recall of a child lists the asset or
+  location it went into. DELETE (an association that ends: removing, disassembling) has no capture
+  event yet (associations as intervals are to come): counted in ``unknown`` with a note, never an
+  edge. EPCIS 2.0 uses AssociationEvent, not AggregationEvent, where the association outlives
+  packing and loading or the parent is a location. What the business steps of GS1's examples
+  (tests/fixtures/epcis/gs1/AssociationEvent, CBV 2.0 definitions) mean for genealogy:
+
+  - ``assembling`` (ADD): objects combined into a new product, still recognisable, the step
+    reversible. A sensor device (GIAI) mounted on or built into a returnable asset (GRAI; example a),
+    lots of a product (LGTIN quantities) put into a returnable asset (e), several assets, a class and
+    a lot into one asset (association_event_all_possible_fields): the child is part of the parent.
+  - ``installing`` (ADD): an object put into a composite object that existed before (not merely a
+    container): a sensor fitted in a location such as a cold storage room (an SGLN parent; b),
+    assets and a lot installed in a returnable asset (f). Same edge as assembling.
+  - ``removing`` (DELETE): an object taken out of a composite object, the opposite of installing:
+    the sensor unpaired from the asset (c). The association ends; a note for now.
+  - ``disassembling`` (DELETE): an object broken down into its uniquely identified parts; without
+    children, every part is disassociated (d); g is the same declared wrong by an errorDeclaration,
+    h its correction naming the parts. The associations end; a note for now.
+
 * ObjectEvent, bizStep commissioning with an ILMD lot -> ``UnitCompleted`` per
   serial in epcList; bizStep shipping with a bizTransaction or destination ->
   ``Packed`` of epcList + quantityList into ``shipment:shipment:<id>``. Other
   object events (and other event types) say nothing for genealogy: ``unknown``.
 * ``bizTransactionList`` on any of these and on TransactionEvent -> ``TransactionLinked`` per
-  transaction: the event's objects (an aggregation's parent and children, a transformation's
+  transaction: the event's objects (an aggregation's or association's parent and children, a transformation's
   outputs, the EPCs and classes of an object or transaction event, its parentID) belong to
   ``transaction:<type>:<id>`` (type = the CBV short name, po, desadv, inv, ...), so a recall
   lists the orders and despatch advices its units and shipments were part of. Unlinking
-  (action DELETE) is noted, not applied yet.
+  (action DELETE) is noted, not applied yet. The objects may be assets, locations and parties
+  (GS1's healthcare TransactionEvent links a patient's GSRN to a GDTI document).
 
 An event re-sent with an ``errorDeclaration`` (EPCIS 2.0 §7.4.1.4: the original event, with the
 declaration time, reason and correctiveEventIDs) -> one ``EventRetracted``: it carries what the event
@@ -33,7 +56,7 @@ so an event without an eventID is matched by its hash. The declaration may arriv
 (it is then never stored) or long after it. Corrective events are ordinary events.
 
 Identifiers go through ``genealogy.domain.ids.normalize``, so the EPC URN and the GS1
-Digital Link of one thing give the same node; class-level patterns
+Digital Link of one thing give the same node (GTIN, SSCC, GIAI, GRAI, SGLN, GSRN); class-level patterns
 (``urn:epc:idpat:sgtin:...*``, a bare GTIN) become ``class:<gtin>:*`` nodes and
 are listed in ``untraceable``. Locations (readPoint, then bizLocation) become
 the station: an SGLN URN or a Digital Link with AI 414 reduces to
@@ -62,7 +85,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from genealogy.domain import ids
-from genealogy.domain.derive import RETRACTABLE
+from genealogy.domain.derive import ASSOCIATION_CONTENTS, ASSOCIATION_PARENTS, RETRACTABLE
 from genealogy.producers.epcis_hash import HashUnavailable, event_hashes
 from genealogy.producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
 
@@ -115,7 +138,7 @@ def _map_event(raw: Any, hashed: str | HashUnavailable | None = None) -> MapResu
     etype = _term(raw.get("type") or raw.get("@type"))
     if not etype:
         raise Bad("type: missing")
-    if etype not in ("TransformationEvent", "AggregationEvent", "ObjectEvent", "TransactionEvent"):
+    if etype not in ("TransformationEvent", "AggregationEvent", "AssociationEvent", "ObjectEvent", "TransactionEvent"):
         out.skip(f"{etype}: no genealogy mapping for this event type")
         return out
     event_ms = epoch_ms(raw.get("eventTime"), "eventTime")
@@ -145,7 +168,7 @@ def _transaction_links(raw: dict, etype: str, event_id: str, common: dict, out: 
         return []
     if etype == "TransformationEvent":
         members = [n for _, n, _ in _nodes(raw, "outputEPCList", "outputQuantityList", out)]
-    elif etype == "AggregationEvent":
+    elif etype in ("AggregationEvent", "AssociationEvent"):
         members = [n for _, n, _ in _nodes(raw, "childEPCs", "childQuantityList", out)]
     else:
         members = [n for _, n, _ in _nodes(raw, "epcList", "quantityList", out)]
@@ -207,6 +230,9 @@ def _typed(raw: dict, etype: str, event_id: str, common: dict, out: MapResult) -
         out.events.append(_packed(event_id, common, container, contents))
         return out
 
+    if etype == "AssociationEvent":
+        return _association(raw, event_id, common, out)
+
     step = _term(raw.get("bizStep"))
     if step == "commissioning":
         lot = _ilmd_lot(raw)
@@ -229,6 +255,33 @@ def _typed(raw: dict, etype: str, event_id: str, common: dict, out: MapResult) -
         out.events.append(_packed(event_id, common, container, contents))
         return out
     out.skip(f"ObjectEvent {step or 'without bizStep'} {event_id}: no genealogy mapping for this business step")
+    return out
+
+
+def _association(raw: dict, event_id: str, common: dict, out: MapResult) -> MapResult:
+    action = str(raw.get("action") or "").upper()
+    step = _term(raw.get("bizStep")) or "without bizStep"
+    if action == "DELETE":
+        out.skip(f"AssociationEvent DELETE ({step}) of {_text(raw.get('parentID')) or 'an unnamed parent'}: "
+                 "an association that ends has no capture event yet; kept out of the genealogy")
+        return out
+    if action not in ("ADD", "OBSERVE"):
+        raise Bad(f"action: {raw.get('action')!r} is not ADD, OBSERVE or DELETE")
+    if not _text(raw.get("parentID")):
+        raise Bad("parentID: missing; an association needs the asset, unit or location it associates with")
+    parent = _node(raw.get("parentID"), "parentID", out)
+    if ids.kind_of(parent) not in ASSOCIATION_PARENTS:
+        raise Bad(f"parentID: {parent} is a {ids.kind_of(parent)}, not an asset, location, unit or container")
+    contents = _nodes(raw, "childEPCs", "childQuantityList", out)
+    if not contents:
+        raise Bad("childEPCs/childQuantityList: an association needs at least one child")
+    for where, n, _ in contents:
+        if ids.kind_of(n) not in ASSOCIATION_CONTENTS:
+            raise Bad(f"{where}: {n} is a {ids.kind_of(n)}; only objects are associated")
+        if n == parent:
+            raise Bad(f"{where}: {n} is the parentID itself")
+    out.events.append(event("Associated", event_id=event_id, **common, parent=ref(parent),
+                            contents=[ref(n) for n in dict.fromkeys(n for _, n, _ in contents)], operator=None))
     return out
 
 
@@ -397,7 +450,12 @@ def _canonical(value: Any) -> Any:
         return sorted((_canonical(v) for v in value), key=lambda v: json.dumps(v, sort_keys=True))
     if isinstance(value, str) and value.strip().lower().startswith(("urn:epc:", "http://", "https://")):
         try:
-            return location(value, "") if _SGLN.fullmatch(value.strip()) or "/414/" in value else ids.normalize(value)
+            if _SGLN.fullmatch(value.strip()) or "/414/" in value:
+                return location(value, "")
+            normal = ids.normalize(value)
         except (ids.InvalidId, Bad):
             return value.strip()
+        # GIAI, GRAI and GSRN were not identifiers here when content ids were first derived: as written,
+        # so an event stored before keeps its id.
+        return value.strip() if ids.kind_of(normal) in ("asset", "location", "party") else normal
     return value

@@ -23,6 +23,12 @@ TEMPORAL = {"genealogy.MaterialLoaded", "genealogy.MaterialUnloaded", "genealogy
             "genealogy.StationHeartbeat"}
 
 
+# Node kinds each stateless relation accepts at its ends.
+TRANSACTION_MEMBERS = ("serial", "lot", "class", "container", "shipment", "asset", "location", "party")
+ASSOCIATION_PARENTS = ("asset", "location", "serial", "container")
+ASSOCIATION_CONTENTS = ("serial", "lot", "class", "container", "asset")
+
+
 class Invalid(ValueError):
     """An event that cannot be used; the message names the field and the reason."""
 
@@ -121,8 +127,7 @@ def stateless_edges(kind: str, e: dict) -> list[dict]:
         transaction = node_of(e["transaction"], "transaction", ("transaction",))
         if not e["members"]:
             raise Invalid("a transaction link needs at least one member")
-        members = [node_of(ref, f"members[{i}]", ("serial", "lot", "class", "container", "shipment"))
-                   for i, ref in enumerate(e["members"])]
+        members = [node_of(ref, f"members[{i}]", TRANSACTION_MEMBERS) for i, ref in enumerate(e["members"])]
         return [edge(m, transaction, "transacted", e["event_ms"], e["station"], e["event_id"], operator=op) for m in members]
     if kind == "genealogy.Packed":
         container = node_of(e["container"], "container", ("container", "shipment"))
@@ -130,6 +135,16 @@ def stateless_edges(kind: str, e: dict) -> list[dict]:
             raise Invalid("a packing event needs at least one content")
         contents = [node_of(ref, f"contents[{i}]", ("serial", "lot", "class", "container")) for i, ref in enumerate(e["contents"])]
         return [edge(c, container, "packed", e["event_ms"], e["station"], e["event_id"], operator=op) for c in contents]
+    if kind == "genealogy.Associated":
+        # A lasting association (EPCIS AssociationEvent): what is fitted, installed or put into an asset, a
+        # unit, a container or a location. Forward from a content reaches its parent, as from a packed unit.
+        parent = node_of(e["parent"], "parent", ASSOCIATION_PARENTS)
+        if not e["contents"]:
+            raise Invalid("an association needs at least one content")
+        contents = [node_of(ref, f"contents[{i}]", ASSOCIATION_CONTENTS) for i, ref in enumerate(e["contents"])]
+        if parent in contents:
+            raise Invalid(f"contents: {parent} is associated with itself")
+        return [edge(c, parent, "associated", e["event_ms"], e["station"], e["event_id"], operator=op) for c in contents]
     raise Invalid(f"unknown event kind {kind}")
 
 
@@ -157,7 +172,8 @@ def station_fact(kind: str, e: dict) -> dict:
             "event_ms": e["event_ms"], "subject": subject, "detail": detail, "reason": reason}
 
 
-RETRACTABLE = ("genealogy.LotTransformed", "genealogy.Packed", "genealogy.TransactionLinked", "genealogy.UnitCompleted")
+RETRACTABLE = ("genealogy.LotTransformed", "genealogy.Packed", "genealogy.TransactionLinked", "genealogy.UnitCompleted",
+               "genealogy.Associated")
 
 
 def retractions(e: dict) -> list[dict]:

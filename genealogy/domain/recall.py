@@ -94,6 +94,10 @@ class Recall:
     # Business transactions (orders, despatch advices, invoices) the reached units, containers and
     # shipments belong to: whom a recall notice goes to.
     transactions: list[str] = field(default_factory=list)
+    # Assets (GIAI, GRAI) and locations (SGLN) the reached things are associated with for good (EPCIS
+    # AssociationEvent): the machine, returnable asset or room to check, as containers are for packing.
+    assets: list[str] = field(default_factory=list)
+    locations: list[str] = field(default_factory=list)
 
     @property
     def lot_scope_count(self) -> int:
@@ -110,6 +114,8 @@ class Recall:
             "containers": self.containers,
             "shipments": self.shipments,
             "business_transactions": self.transactions,
+            "assets": self.assets,
+            "locations": self.locations,
             "widened_by": self.widened_by,
             "levels": self.levels,
         }
@@ -292,7 +298,8 @@ def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope:
         unit_lots = {u: known_lots[u] for u in units if u in known_lots}
     lots = sorted(set(by_kind["lot"]) | set(unit_lots.values()))
     return Recall(target, since_ms, until_ms, units, lots, by_kind["container"], by_kind["shipment"],
-                  lot_scope, levels, _widening_lots(graph, by_kind["lot"]), by_kind["transaction"])
+                  lot_scope, levels, _widening_lots(graph, by_kind["lot"]), by_kind["transaction"],
+                  by_kind["asset"], by_kind["location"])
 
 
 def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:

@@ -12,9 +12,11 @@ import sys
 
 import pytest
 
+from genealogy.producers.epcis import map_epcis
 from genealogy.producers.publisher import Publisher
 from genealogy.producers.simulator import Plant
 from genealogy.stack import Stack
+from tests.support import reference
 from tests.support.paths import FIXTURES
 from tests.support.stack import ServiceClient, check_against_reference, cli, free_port, sql, start_stack, wait_drained
 
@@ -169,12 +171,34 @@ def standards_ingest_and_epcis_capture(stack):
     assert accepted["accepted"]["events"] > 0 and accepted["rejects"] == []
     garbage = client.http.request("POST", f"{client.base_url}/events", body=b"   ", headers=client.headers)
     assert garbage.status == 400
+    # GS1's AssociationEvent examples: lots put into a returnable asset (e), a sensor fitted in a cold room (b),
+    # the sensor unpaired from an asset (c, DELETE: a note, no edge).
+    associations = {}
+    for name in "bce":
+        with open(FIXTURES / "epcis" / "gs1" / "AssociationEvent" / f"AssociationEvent-{name}.jsonld", "rb") as f:
+            body = f.read()
+        response = client.http.request("POST", f"{client.base_url}/capture", body=body,
+                                       headers={**client.headers, "Content-Type": "application/ld+json"})
+        assert response.status == 202, response.data
+        associations[name] = map_epcis(json.loads(body), origin=name)
 
     wait_drained(client, settle_s=4.0, timeout=240)
     rows = sql(client, "SELECT count() FROM dead_letters_final WHERE stage = 'ingest' AND reason LIKE 'plant_document.jsonld:%'")
     assert rows[0][0] == summary["rejects"]
     # The HTTP capture made transformation edges from the Digital Link document.
     assert sql(client, "SELECT count() FROM edges WHERE relation = 'transformed' AND station != 'COAT-1'")[0][0] > 0
+
+    # The associations landed as the brute-force reference says, and a recall of an associated lot lists its asset.
+    expected = reference.edges([e for r in associations.values() for e in r.events])
+    assert {tuple(r) for r in sql(client, "SELECT DISTINCT child, parent, relation FROM edges WHERE relation = 'associated'")} \
+        == expected and expected
+    for child in sorted({c for c, _, _ in expected}):
+        code, answer = client.get("/recall", node=child)
+        assert code == 200, answer
+        reached = reference.reach_forward(expected, child)
+        assert answer["assets"] == sorted(n for n in reached if n.startswith("asset:"))
+        assert answer["locations"] == sorted(n for n in reached if n.startswith("location:"))
+        assert answer["assets"] or answer["locations"]
 
 
 def test_commands_refuse_a_data_dir_with_no_running_stack(stack, tmp_path):

@@ -64,3 +64,58 @@ def test_capture_written_before_v2_stays_readable():
     buf.write(b"\x00\x00\x00\x00\x05")
     fastavro.schemaless_writer(buf, v2, v2_only)
     assert serde.decode(buf.getvalue(), expect=schemas.CAPTURE) == (schemas.CAPTURE, v2_only)
+
+
+def test_capture_written_before_associated_stays_readable():
+    """Capture v3 (id 6, before Associated) is what the broker and capture_batches hold until this version:
+    it still decodes, to the same record. New capture (id 11) carries Associated; v3 could not."""
+    import io
+    import json
+
+    import fastavro
+
+    v3 = fastavro.parse_schema(json.loads((Path(schemas.__file__).parent / "capture_batch.v3.avsc").read_text()))
+    serde = schemas.local_serde()
+    assert schemas.PAST_IDS[6] == (schemas.CAPTURE, "capture_batch.v3.avsc") and schemas.LOCAL_IDS[schemas.CAPTURE] == 11
+    routed = {"batch_id": "b", "source": "AOI-1", "sent_ms": 1, "events": [("genealogy.UnitRouted", {
+        "event_id": "e", "event_ms": 1_800_000_000_000, "station": "AOI-1", "unit": {"kind": "serial", "item": "BRD", "ident": "U1"},
+        "route": "lane", "name": "2", "note": "WorkStarted.Lane"})]}
+    for batch in [routed, *Plant(units=10, lot_size=5, batch_size=7).generate().batches()]:
+        buf = io.BytesIO()
+        buf.write(b"\x00\x00\x00\x00\x06")
+        fastavro.schemaless_writer(buf, v3, batch)
+        assert serde.decode(buf.getvalue(), expect=schemas.CAPTURE) == (schemas.CAPTURE, batch)
+
+    associated = {"batch_id": "b", "source": "sgln:4012345000016", "sent_ms": 1, "events": [("genealogy.Associated", {
+        "event_id": "e", "event_ms": 1_800_000_000_000, "station": "sgln:4012345000016",
+        "parent": {"kind": "asset", "item": "grai", "ident": "04012345555554987"},
+        "contents": [{"kind": "asset", "item": "giai", "ident": "400000112345"}], "operator": None})]}
+    data = serde.encode(schemas.CAPTURE, associated)
+    assert int.from_bytes(data[1:5], "big") == 11
+    assert serde.decode(data) == (schemas.CAPTURE, associated)
+    with pytest.raises(ValueError):  # the v3 writer has no Associated record
+        fastavro.schemaless_writer(io.BytesIO(), v3, associated)
+
+
+@pytest.mark.parametrize("schema_id", sorted(schemas.PAST_IDS))
+def test_every_past_version_stays_readable(schema_id):
+    """Whatever an earlier version wrote under its id decodes with this version's serde, to the same record."""
+    import io
+    import json
+
+    import fastavro
+
+    name, file = schemas.PAST_IDS[schema_id]
+    writer = fastavro.parse_schema(json.loads((Path(schemas.__file__).parent / file).read_text()))
+    serde = schemas.local_serde()
+    if name == schemas.CAPTURE:
+        records = list(Plant(units=10, lot_size=5, batch_size=7).generate().batches())
+    else:
+        records = [{"batch_id": "b", **{f["name"]: {c["name"]: [] for c in f["type"]["fields"]}
+                                        for f in writer["fields"] if f["name"] != "batch_id"}}]
+    for record in records:
+        buf = io.BytesIO()
+        buf.write(b"\x00" + schema_id.to_bytes(4, "big"))
+        fastavro.schemaless_writer(buf, writer, record)
+        assert serde.decode(buf.getvalue(), expect=name) == (name, record)
+    assert schema_id not in schemas.LOCAL_IDS.values()

@@ -87,6 +87,8 @@ def edges(events: list[tuple[str, dict]]) -> set[tuple[str, str, str]]:
             out.update((nid(c), nid(e["container"]), "packed") for c in e["contents"])
         elif kind == "genealogy.MaterialIdentified":
             out.add((nid(e["supplier_lot"]), nid(e["package"]), "supplied"))
+        elif kind == "genealogy.Associated":
+            out.update((nid(c), nid(e["parent"]), "associated") for c in e["contents"])
         elif kind == "genealogy.TransactionLinked":
             out.update((nid(m), nid(e["transaction"]), "transacted") for m in e["members"])
     return out
