@@ -16,9 +16,9 @@ EPCISQueryDocument) or a single event and returns a ``MapResult``:
 * AssociationEvent (EPCIS 2.0) ADD / OBSERVE -> ``Associated``: childEPCs + childQuantityList are
   associated for good with parentID (a GIAI or GRAI asset, an SGLN location, an SGTIN unit or an
   SSCC), edge relation ``associated`` child -> parent, so a recall of a child lists the asset or
-  location it went into. DELETE (an association that ends: removing, disassembling) has no capture
-  event yet (associations as intervals are to come): counted in ``unknown`` with a note, never an
-  edge. EPCIS 2.0 uses AssociationEvent, not AggregationEvent, where the association outlives
+  location it went into. DELETE (an association that ends: removing, disassembling) -> ``Unpacked``
+  of the parent: the association holds from its ADD to that time, as a packing does (no children:
+  every association of the parent ends). EPCIS 2.0 uses AssociationEvent, not AggregationEvent, where the association outlives
   packing and loading or the parent is a location. What the business steps of GS1's examples
   (tests/fixtures/epcis/gs1/AssociationEvent, CBV 2.0 definitions) mean for genealogy:
 
@@ -30,10 +30,10 @@ EPCISQueryDocument) or a single event and returns a ``MapResult``:
     container): a sensor fitted in a location such as a cold storage room (an SGLN parent; b),
     assets and a lot installed in a returnable asset (f). Same edge as assembling.
   - ``removing`` (DELETE): an object taken out of a composite object, the opposite of installing:
-    the sensor unpaired from the asset (c). The association ends; a note for now.
+    the sensor unpaired from the asset (c). The association ends.
   - ``disassembling`` (DELETE): an object broken down into its uniquely identified parts; without
     children, every part is disassociated (d); g is the same declared wrong by an errorDeclaration,
-    h its correction naming the parts. The associations end; a note for now.
+    h its correction naming the parts. The associations end.
 
 * ObjectEvent, bizStep commissioning with an ILMD lot -> ``UnitCompleted`` per
   serial in epcList; bizStep shipping with a bizTransaction or destination ->
@@ -261,11 +261,7 @@ def _typed(raw: dict, etype: str, event_id: str, common: dict, out: MapResult) -
 def _association(raw: dict, event_id: str, common: dict, out: MapResult) -> MapResult:
     action = str(raw.get("action") or "").upper()
     step = _term(raw.get("bizStep")) or "without bizStep"
-    if action == "DELETE":
-        out.skip(f"AssociationEvent DELETE ({step}) of {_text(raw.get('parentID')) or 'an unnamed parent'}: "
-                 "an association that ends has no capture event yet; kept out of the genealogy")
-        return out
-    if action not in ("ADD", "OBSERVE"):
+    if action not in ("ADD", "OBSERVE", "DELETE"):
         raise Bad(f"action: {raw.get('action')!r} is not ADD, OBSERVE or DELETE")
     if not _text(raw.get("parentID")):
         raise Bad("parentID: missing; an association needs the asset, unit or location it associates with")
@@ -273,15 +269,18 @@ def _association(raw: dict, event_id: str, common: dict, out: MapResult) -> MapR
     if ids.kind_of(parent) not in ASSOCIATION_PARENTS:
         raise Bad(f"parentID: {parent} is a {ids.kind_of(parent)}, not an asset, location, unit or container")
     contents = _nodes(raw, "childEPCs", "childQuantityList", out)
-    if not contents:
+    if not contents and action != "DELETE":  # a DELETE without children ends every association of the parent
         raise Bad("childEPCs/childQuantityList: an association needs at least one child")
     for where, n, _ in contents:
         if ids.kind_of(n) not in ASSOCIATION_CONTENTS:
             raise Bad(f"{where}: {n} is a {ids.kind_of(n)}; only objects are associated")
         if n == parent:
             raise Bad(f"{where}: {n} is the parentID itself")
-    out.events.append(event("Associated", event_id=event_id, **common, parent=ref(parent),
-                            contents=[ref(n) for n in dict.fromkeys(n for _, n, _ in contents)], operator=None))
+    unique = [ref(n) for n in dict.fromkeys(n for _, n, _ in contents)]
+    if action == "DELETE":  # the association ends (removing, disassembling): an interval, like an unpacking
+        out.events.append(event("Unpacked", event_id=event_id, **common, container=ref(parent), contents=unique, operator=None))
+        return out
+    out.events.append(event("Associated", event_id=event_id, **common, parent=ref(parent), contents=unique, operator=None))
     return out
 
 

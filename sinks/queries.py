@@ -30,6 +30,11 @@ ALTER_DELETE_EDGES_BY_PARENT_SQL = \
 
 RETRACTED_EDGE_IDS_SQL = "SELECT DISTINCT edge_id FROM corrections WHERE kind = 'edge'"
 RETRACTED_UNITS_SQL = "SELECT DISTINCT child, source_event FROM corrections WHERE kind = 'unit'"
+RETRACTED_UNPACKINGS_SQL = "SELECT DISTINCT parent, child, source_event FROM corrections WHERE kind = 'unpack'"
+DELETE_UNPACKINGS_SQL = """
+DELETE FROM unpacked WHERE parent IN {parents:Array(String)}
+  AND (parent, child, source_event) IN {keys:Array(Tuple(String, String, String))}
+"""
 # The unit rows a retraction takes back, with what their materialized views derived from them.
 RETRACTED_UNIT_ROWS_SQL = """
 SELECT unit, event_id, production_lot, station, completed_at FROM units
@@ -58,7 +63,7 @@ GROUP BY parent, child ORDER BY parent, child
 # Containment over time (genealogy.domain.recall.containment): when things were packed, and unpacked.
 PACKED_INTO_SQL = """
 SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM edges
-WHERE child IN {nodes:Array(String)} AND relation = 'packed'
+WHERE child IN {nodes:Array(String)} AND relation IN ('packed', 'associated')
 """
 UNPACKINGS_SQL = """
 SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM unpacked WHERE parent IN {containers:Array(String)}

@@ -39,7 +39,7 @@ class Writer:
         self.connection = connection
         # What error declarations took back (the corrections table), so a retracted edge or unit row that
         # arrives after its declaration is never inserted. Loaded on first use; declarations are rare.
-        self._retracted: tuple[set[int], set[tuple[str, str]]] | None = None
+        self._retracted: tuple[set[int], set[tuple[str, str]], set[tuple[str, str, str]]] | None = None
 
     def insert(self, table: str, columns: list[str], rows: Sequence[Sequence]) -> None:
         if rows:
@@ -52,26 +52,31 @@ class Writer:
         if table == "corrections":
             self.retract(columns)
             return
-        if table in ("edges", "units"):
+        if table in ("edges", "units", "unpacked"):
             columns = self._without_retracted(table, columns)
         mapping = FROM_DERIVED[table]
         data = [epoch_ms(columns[c]) if c.endswith("_ms") else columns[c] for c in mapping.values()]
         if data[0]:
             self.connection.insert(table, data, list(mapping), column_oriented=True)
 
-    def retracted(self) -> tuple[set[int], set[tuple[str, str]]]:
+    def retracted(self) -> tuple[set[int], set[tuple[str, str]], set[tuple[str, str, str]]]:
+        """(edge ids, (unit, event id) of unit rows, (parent, child, event id) of unpackings) retracted."""
         if self._retracted is None:
             _, edges = self.connection.query(queries.RETRACTED_EDGE_IDS_SQL)
             _, units = self.connection.query(queries.RETRACTED_UNITS_SQL)
-            self._retracted = ({e for (e,) in edges}, {(u, ev) for u, ev in units})
+            _, unpacks = self.connection.query(queries.RETRACTED_UNPACKINGS_SQL)
+            self._retracted = ({e for (e,) in edges}, {(u, ev) for u, ev in units}, {tuple(k) for k in unpacks})
         return self._retracted
 
     def _without_retracted(self, table: str, columns: Mapping[str, list]) -> Mapping[str, list]:
-        edges, units = self.retracted()
-        if not (edges if table == "edges" else units):
+        edges, units, unpacks = self.retracted()
+        gone, keys = {"edges": (edges, lambda: columns["edge_id"]),
+                      "units": (units, lambda: list(zip(columns["unit"], columns["event_id"]))),
+                      "unpacked": (unpacks, lambda: list(zip(columns["parent"], columns["child"], columns["source_event"])))}[table]
+        if not gone:
             return columns
-        keys = columns["edge_id"] if table == "edges" else list(zip(columns["unit"], columns["event_id"]))
-        keep = [i for i, key in enumerate(keys) if key not in (edges if table == "edges" else units)]
+        keys = keys()
+        keep = [i for i, key in enumerate(keys) if key not in gone]
         if len(keep) == len(keys):
             return columns
         return {name: [values[i] for i in keep] for name, values in columns.items()}
@@ -85,20 +90,26 @@ class Writer:
         mapping = FROM_DERIVED["corrections"]
         self.connection.insert("corrections", [epoch_ms(columns[c]) if c.endswith("_ms") else columns[c]
                                                for c in mapping.values()], list(mapping), column_oriented=True)
-        edges, units = self.retracted()
-        gone_edges, gone_units = [], []
+        edges, units, unpacks = self.retracted()
+        gone_edges, gone_units, gone_unpacks = [], [], []
         for kind, edge_id, child, parent, source_event in zip(columns["kind"], columns["edge_id"], columns["child"],
                                                               columns["parent"], columns["source_event"]):
             if kind == "edge":
                 edges.add(edge_id)
                 gone_edges.append((edge_id, child, parent))
-            else:
+            elif kind == "unit":
                 units.add((child, source_event))
                 gone_units.append((child, source_event))
+            else:
+                unpacks.add((parent, child, source_event))
+                gone_unpacks.append((parent, child, source_event))
         if gone_edges:
             self.delete_edges(gone_edges)
         if gone_units:
             self._delete_units(gone_units)
+        if gone_unpacks:
+            self.connection.command(queries.DELETE_UNPACKINGS_SQL, {"parents": sorted({p for p, _, _ in gone_unpacks}),
+                                                                    "keys": gone_unpacks}, settings={"lightweight_deletes_sync": 2})
 
     def _delete_units(self, pairs: list[tuple[str, str]]) -> None:
         """Unit rows, and the process-window and lot-membership rows their views made from them."""

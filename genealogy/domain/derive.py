@@ -27,6 +27,8 @@ TEMPORAL = {"genealogy.MaterialLoaded", "genealogy.MaterialUnloaded", "genealogy
 TRANSACTION_MEMBERS = ("serial", "lot", "class", "container", "shipment", "asset", "location", "party")
 ASSOCIATION_PARENTS = ("asset", "location", "serial", "container")
 ASSOCIATION_CONTENTS = ("serial", "lot", "class", "container", "asset")
+# What holds things for a time (a packing or an association, ended by an Unpacked).
+HOLDERS = ("container", "shipment", "asset", "location", "serial")
 
 
 class Invalid(ValueError):
@@ -173,7 +175,15 @@ def station_fact(kind: str, e: dict) -> dict:
 
 
 RETRACTABLE = ("genealogy.LotTransformed", "genealogy.Packed", "genealogy.TransactionLinked", "genealogy.UnitCompleted",
-               "genealogy.Associated")
+               "genealogy.Associated", "genealogy.Unpacked")
+
+
+def unpackings(e: dict) -> list[dict]:
+    """An Unpacked: one row per content taken out (child "" when everything was)."""
+    container = node_of(e["container"], "container", HOLDERS)
+    contents = [node_of(r, f"contents[{i}]", ASSOCIATION_CONTENTS) for i, r in enumerate(e["contents"])]
+    return [{"child": c, "parent": container, "event_ms": e["event_ms"], "station": e["station"],
+             "source_event": e["event_id"]} for c in (contents or [""])]
 
 
 def retractions(e: dict) -> list[dict]:
@@ -188,7 +198,10 @@ def retractions(e: dict) -> list[dict]:
                 "event_ms": e["event_ms"], "station": e["station"]}
     out: list[dict] = []
     for kind, inner in e["events"]:
-        if kind == "genealogy.UnitCompleted":
+        if kind == "genealogy.Unpacked":  # a declared DELETE: the packing or association did not end then
+            out.extend({"kind": "unpack", "edge_id": 0, "child": x["child"], "parent": x["parent"], "relation": "",
+                        "source_event": x["source_event"], **declared} for x in unpackings(inner))
+        elif kind == "genealogy.UnitCompleted":
             unit = node_of(inner["unit"], "events[].unit", ("serial",))
             out.append({"kind": "unit", "edge_id": 0, "child": unit, "parent": production_lot_node(unit, inner["production_lot"]),
                         "relation": "", "source_event": inner["event_id"], **declared})
@@ -250,10 +263,7 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
             elif kind == "genealogy.StationHeartbeat":
                 collect(e["station"], join_for(e["station"]).heartbeat(e["event_ms"]), kind, e)
             elif kind == "genealogy.Unpacked":
-                container = node_of(e["container"], "container", ("container", "shipment"))
-                contents = [node_of(r, f"contents[{i}]", ("serial", "lot", "class", "container")) for i, r in enumerate(e["contents"])]
-                out.unpacked.extend({"child": c, "parent": container, "event_ms": e["event_ms"], "station": e["station"],
-                                     "source_event": e["event_id"]} for c in (contents or [""]))
+                out.unpacked.extend(unpackings(e))
             elif kind == "genealogy.EventRetracted":
                 out.retractions.extend(retractions(e))
             elif kind in ("genealogy.UnitScrapped", "genealogy.UnitTested", "genealogy.UnitRouted",

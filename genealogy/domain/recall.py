@@ -226,14 +226,16 @@ def process_window(graph: Graph, station: str, since_ms: int, until_ms: int, ope
 
 
 INF = float("inf")
+# Kinds that hold things for a time, packed or associated: their intervals are what containment walks.
+HOLDERS = ("container", "shipment", "asset", "location")
 Intervals = list[tuple[float, float]]
 
 
 def containment(graph: Packing, starts: list[str], max_levels: int = 64) -> dict[str, Intervals]:
     """When each container and shipment held any of the starts: container -> [from, to) intervals.
 
-    A packed edge child -> container holds from its time to the first unpacking of that child (or of
-    everything in the container) after it; nested, the intervals intersect. A shipment carries what its
+    A packed or associated edge child -> container holds from its time to the first unpacking (or end
+    of the association) of that child, or of everything in the container, after it; nested, the intervals intersect. A shipment carries what its
     container held at the shipping instant, from then on. Starts are held for all time."""
     held: dict[str, Intervals] = {s: [(-INF, INF)] for s in starts}
     frontier = sorted(set(starts))
@@ -273,11 +275,11 @@ def _held(graph: Graph, target: str, reached: set[str]) -> set[str] | None:
     """The containers, shipments and business transactions of the reached, with time: None when no
     reached container was ever unpacked (then everything packed stayed packed, and reach is exact)."""
     packing = _packing(graph)
-    packed = sorted(n for n in reached if ids.kind_of(n) in ("container", "shipment"))
+    packed = sorted(n for n in reached if ids.kind_of(n) in HOLDERS)
     if packing is None or not packed or not packing.unpackings(packed):
         return None
-    things = [target] + sorted(n for n in reached if ids.kind_of(n) not in ("container", "shipment", "transaction"))
-    held = set(containment(packing, things))
+    things = [target] + sorted(n for n in reached if ids.kind_of(n) not in HOLDERS + ("transaction",))
+    held = {n for n in containment(packing, things) if ids.kind_of(n) in HOLDERS}
     members = things + sorted(held)
     return held | {p for _, p in graph.parents(members) if ids.kind_of(p) == "transaction"}
 
@@ -287,7 +289,7 @@ def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope:
     """known_lots: unit -> production lot, already looked up for (at least) every unit reached."""
     held = _held(graph, target, reached)
     if held is not None:
-        reached = {n for n in reached if ids.kind_of(n) not in ("container", "shipment", "transaction")} | held
+        reached = {n for n in reached if ids.kind_of(n) not in HOLDERS + ("transaction",)} | held
     by_kind: dict[str, list[str]] = {k: [] for k in ids.KINDS}
     for node_id in sorted(reached):
         by_kind[ids.kind_of(node_id)].append(node_id)

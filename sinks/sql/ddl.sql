@@ -111,9 +111,10 @@ CREATE TABLE IF NOT EXISTS station_facts (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (station, event_time, event_id);
 
--- Error declarations (EPCIS errorDeclaration): every edge and unit row a declaration took back, with
--- the declaration, its reason and corrective events. The audit of corrections; the rows themselves
--- are removed from edges / units (and never inserted if they arrive after their declaration).
+-- Error declarations (EPCIS errorDeclaration): every edge, unit row and unpacking a declaration took
+-- back (kind edge | unit | unpack), with the declaration, its reason and corrective events. The audit
+-- of corrections; the rows themselves are removed from edges / units / unpacked (and never inserted
+-- if they arrive after their declaration).
 CREATE TABLE IF NOT EXISTS corrections (
     kind         LowCardinality(String),
     edge_id      UInt64,

@@ -1,5 +1,6 @@
-"""Containment over time (genealogy.domain.recall.containment) against a brute-force replay: packing,
-unpacking (of some contents or of everything), repacking, nesting and shipping in random orders; and
+"""Containment over time (genealogy.domain.recall.containment) against a brute-force replay: packing and
+associating, unpacking and ending associations (of some contents or of everything), repacking, nesting and
+shipping in random orders; and
 a recall names only the containers a unit was in and the shipments that carried it."""
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ def scenario(seed: int, n_units: int, n_events: int):
             continue
         else:
             child, parent = rng.choice(cartons + pallets + units), rng.choice(shipments)
-        if child != parent:
-            edges.append((child, parent, "packed", t, "ST"))
+        if child != parent:  # an association (EPCIS AssociationEvent) holds and ends like a packing
+            relation = "packed" if parent.startswith("shipment:") or rng.random() < 0.7 else "associated"
+            edges.append((child, parent, relation, t, "ST"))
             log.append(("add", child, parent, t))
     return units, edges, unpacks, log
 

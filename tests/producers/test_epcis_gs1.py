@@ -137,7 +137,6 @@ LOT_998877_A, LOT_998877_B = "lot:04023333020008:998877", "lot:04012345123456:99
 INV = "transaction:inv:urn:epcglobal:cbv:bt:4023333000000:54545"
 PO_GDTI, PEDIGREE_GSRN = "transaction:po:urn:epc:id:gdti:0614141.00001.1618034", "transaction:pedigree:urn:epc:id:gsrn:0614141.0000010253"
 PO_ACME, DESADV = "transaction:po:http://transaction.acme.com/po/12345678", "transaction:desadv:urn:epcglobal:cbv:bt:0614141073467:1152"
-DELETE_NOTE = "an association that ends has no capture event yet"
 
 
 def linked(members, *transactions):
@@ -150,16 +149,16 @@ ASSOCIATION_EXAMPLES = {
     # installing: a sensor fitted in a location (a cold storage room); the SGLN is the parent
     "AssociationEvent/AssociationEvent-b.jsonld": ({(SENSOR_2, COLD_ROOM, "associated")}, [], []),
     # removing / disassembling (DELETE): associations that end, a note each until intervals exist
-    "AssociationEvent/AssociationEvent-c.jsonld": (set(), ["DELETE (removing)"], []),
-    "AssociationEvent/AssociationEvent-d.jsonld": (set(), ["DELETE (disassembling)"], []),
+    "AssociationEvent/AssociationEvent-c.jsonld": (set(), [], []),  # DELETE (removing): an Unpacked
+    "AssociationEvent/AssociationEvent-d.jsonld": (set(), [], []),  # DELETE (disassembling): an Unpacked
     # assembling with quantities: 600 of each of two lots put into a returnable asset
     "AssociationEvent/AssociationEvent-e.jsonld": ({(LOT_123, TRAY_987, "associated"), (LOT_456, TRAY_987, "associated")}, [], []),
     # installing two assets and four of a lot in a returnable asset, under an invoice
     "AssociationEvent/AssociationEvent-f.jsonld": (
         {(c, TRAY_98765, "associated") for c in (SENSOR_1, SENSOR_2, LOT_998877_A)}
         | linked([TRAY_98765, SENSOR_1, SENSOR_2, LOT_998877_A], INV), [], []),
-    "AssociationEvent/AssociationEvent-g.jsonld": (set(), ["DELETE (disassembling)"], []),
-    "AssociationEvent/AssociationEvent-h.jsonld": (set(), ["DELETE (disassembling)"], []),
+    "AssociationEvent/AssociationEvent-g.jsonld": (set(), [], []),  # DELETE (disassembling): an Unpacked
+    "AssociationEvent/AssociationEvent-h.jsonld": (set(), [], []),  # DELETE (disassembling): an Unpacked
     # assembling: two assets, a class (untraceable) and a lot into a returnable asset, two transactions
     "WithFullCombinationOfFields/association_event_all_possible_fields.jsonld": (
         {(c, TRAY_987, "associated") for c in (SENSOR_1, SENSOR_2, "class:04012345987652:*", LOT_998877_B)}
@@ -200,9 +199,12 @@ def test_association_examples_map_to_exactly_these_edges(name):
     if declared:  # as re-sent with the declaration: no edge stays, exactly those edges are taken back
         outs = derived(map_epcis(json.loads((GS1 / name).read_text()), origin=name).events)
         assert not any(out.edges for out in outs)
-        assert {(x["child"], x["parent"], x["relation"]) for out in outs for x in out.retractions} == edges
+        taken = [x for out in outs for x in out.retractions]
+        assert {(x["child"], x["parent"], x["relation"]) for x in taken if x["kind"] == "edge"} == edges
+        deletes = [e for e in doc["epcisBody"]["eventList"] if e.get("action") == "DELETE"]
+        assert bool(deletes) == any(x["kind"] == "unpack" for x in taken)  # a declared DELETE: the association never ended
     assert derived_edges(r.events) == reference.edges(r.events) == edges
-    assert r.unknown == len(notes) and all(n in note and DELETE_NOTE in note for n, note in zip(notes, r.notes))
+    assert r.unknown == len(notes) and all(n in note for n, note in zip(notes, r.notes))
     assert r.untraceable == untraceable
     associated = [e for k, e in r.events if k == "genealogy.Associated"]
     assert len(associated) == (1 if any(rel == "associated" for *_, rel in edges) else 0)
@@ -218,16 +220,24 @@ def test_every_gs1_example_derives_the_reference_edges(path):
     assert derived_edges(r.events) == reference.edges(r.events)
 
 
-def test_an_association_delete_never_becomes_an_edge():
-    """DELETE with children (h) and without (d): noted; changing the action of a to DELETE drops its edge."""
+def test_an_association_delete_ends_it_and_never_becomes_an_edge():
+    """DELETE with children (h) and without (d): an Unpacked of the parent (the association holds until
+    then, like a packing); changing the action of a to DELETE gives no edge but ends a's association."""
     raw = json.loads((GS1 / "AssociationEvent/AssociationEvent-a.jsonld").read_text())
     event = raw["epcisBody"]["eventList"][0]
     assert derived_edges(map_epcis(event, origin="a").events) == {(SENSOR_1, TRAY_987, "associated")}
     for action in ("DELETE", "delete"):
         r = map_epcis(dict(event, action=action), origin="a")
-        assert not r.events and r.unknown == 1 and DELETE_NOTE in r.notes[0]
+        [(kind, e)] = r.events
+        assert kind == "genealogy.Unpacked" and not r.unknown and derived_edges(r.events) == set()
+        assert (ids.node(**e["container"]), [ids.node(**c) for c in e["contents"]]) == (TRAY_987, [SENSOR_1])
     observed = map_epcis(dict(event, action="OBSERVE"), origin="a")
     assert derived_edges(observed.events) == {(SENSOR_1, TRAY_987, "associated")}
+    for name, children in (("d", 0), ("h", None)):
+        doc = json.loads((GS1 / f"AssociationEvent/AssociationEvent-{name}.jsonld").read_text())
+        [(kind, e)] = map_epcis(doc, origin=name).events
+        expected = doc["epcisBody"]["eventList"][0].get("childEPCs") or []
+        assert kind == "genealogy.Unpacked" and len(e["contents"]) == (children if children is not None else len(expected))
 
 
 @pytest.mark.parametrize("change,reason", [

@@ -156,3 +156,24 @@ def test_what_earlier_workers_derived_still_lands(fresh, read_model):
         out.append(buf.getvalue())
     sink(fresh, out)
     assert stored_edges(read_model) == reference.edges(capture(epcis(MADE, INTO_A)))
+
+
+def test_a_declared_unpacking_did_not_end_the_packing(fresh, read_model):
+    """An AggregationEvent DELETE declared erroneous: the units never left carton A, in either order."""
+    from genealogy.domain import recall
+
+    out_of_a = {"type": "AggregationEvent", "eventID": "urn:uuid:d0000000-0000-4000-8000-000000000001",
+                "eventTime": "2026-11-30T08:15:00Z", "eventTimeZoneOffset": "+00:00",
+                "parentID": f"https://id.gs1.org/00/{SSCC_A}", "childEPCs": SERIALS[:1], "action": "DELETE",
+                "bizStep": "unpacking", "readPoint": {"id": PACKING}}
+    serde = schemas.local_serde()
+    sink(fresh, messages(capture(epcis(MADE, INTO_A, out_of_a)), serde))
+    assert read_model.rows("SELECT count() FROM unpacked") == [(1,)]
+    unit = f"serial:{GTIN}:U1"
+    assert recall.trace(read_model, unit)["containment"][0]["to_ms"] is not None
+    sink(fresh, messages(capture(epcis(declared(out_of_a))), serde))
+    assert read_model.rows("SELECT count() FROM unpacked") == [(0,)]
+    assert recall.trace(read_model, unit)["containment"][0]["to_ms"] is None
+    sink(fresh, messages(capture(epcis(out_of_a)), serde))  # redelivered after its declaration: stays out
+    assert read_model.rows("SELECT count() FROM unpacked") == [(0,)]
+    assert read_model.rows("SELECT kind, child FROM corrections") == [("unpack", unit)]

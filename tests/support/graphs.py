@@ -89,7 +89,7 @@ class MemGraph:
 
     def packed_into(self, nodes):
         nodes = set(nodes)
-        return sorted({(c, p, t) for c, p, rel, t, _ in self.edges if c in nodes and rel == "packed"})
+        return sorted({(c, p, t) for c, p, rel, t, _ in self.edges if c in nodes and rel in ("packed", "associated")})
 
     def unpackings(self, containers):
         containers = set(containers)

@@ -133,8 +133,9 @@ def held_over_time(events: list[tuple[str, dict]]) -> dict[str, set[str]]:
     each one. A shipment carries what the shipped thing held at the shipping instant."""
     log = []
     for kind, e in standing(events):
-        if kind == "genealogy.Packed":
-            log += [(e["event_ms"], "add", nid(c), nid(e["container"])) for c in e["contents"]]
+        if kind in ("genealogy.Packed", "genealogy.Associated"):
+            parent = e["container"] if kind == "genealogy.Packed" else e["parent"]
+            log += [(e["event_ms"], "add", nid(c), nid(parent)) for c in e["contents"]]
         elif kind == "genealogy.Unpacked":
             log += [(e["event_ms"], "del", nid(c) if c else "", nid(e["container"])) for c in (e["contents"] or [None])]
     inside: set[tuple[str, str]] = set()
