@@ -17,6 +17,7 @@ al., MIT), checked in the tests against its published test vectors. Two things a
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from typing import Any
@@ -88,8 +89,9 @@ def event_hashes(events: list[dict], context: Any = None) -> list[str | HashUnav
 def _hashes(events: list[dict], context: Any) -> list[str] | str:
     """The library's hashes of the events as one document, or the reason it failed. It logs and drops
     an event it cannot pre-hash, so the caller compares the counts."""
-    document = {"@context": context, "type": "EPCISDocument", "schemaVersion": "2.0",
-                "epcisBody": {"eventList": [{k: v for k, v in e.items() if k != "@context"} for e in events]}}
+    # A deep copy: the library rewrites the document it reads (bare CBV terms become URIs).
+    document = copy.deepcopy({"@context": context, "type": "EPCISDocument", "schemaVersion": "2.0",
+                              "epcisBody": {"eventList": [{k: v for k, v in e.items() if k != "@context"} for e in events]}})
     with _LOCK:
         json_to_py, hash_generator = _load()
         try:

@@ -100,3 +100,17 @@ def test_a_remote_context_is_never_fetched_and_the_event_keeps_a_content_id():
         assert requests == []
     finally:
         server.shutdown()
+
+
+def test_hashing_leaves_the_event_as_it_was_sent():
+    """The reference implementation rewrites the document it reads (bare CBV terms become URIs); what
+    the mapper keeps and stores must be what the sender sent."""
+    doc = json.loads((FIXTURES / "gs1" / "Example_9.6.1-ObjectEvent.jsonld").read_text())
+    for raw in events_of(doc):
+        raw.pop("eventID", None)
+    sent = copy.deepcopy(doc)
+    hashes = event_hashes(events_of(doc), doc.get("@context"))
+    assert all(isinstance(h, str) for h in hashes)
+    assert doc == sent
+    map_epcis(doc, origin="d")
+    assert doc == sent
