@@ -66,6 +66,12 @@ def generated_events(n: int = 60, seed: int = 7) -> list[dict]:
         if kind == "ObjectEvent" and rng.random() < 0.5:
             e["sensorElementList"] = [{"sensorReport": [{"type": "Temperature", "value": rng.randint(2, 9), "uom": "CEL"}]}]
         events.append(e)
+    # One event in two business transactions of different types (EQ_bizTransaction_ of both must find it).
+    events.append({"type": "ObjectEvent", "eventTime": "2026-03-02T08:00:00Z", "eventTimeZoneOffset": "+00:00",
+                   "action": "OBSERVE", "epcList": [sgtin(150, True)], "bizStep": "shipping",
+                   "readPoint": {"id": PLACES[0]}, "eventID": "urn:uuid:00000000-0000-4000-8000-999999999999",
+                   "bizTransactionList": [{"type": "po", "bizTransaction": "urn:epcglobal:cbv:bt:4012345000009:T1"},
+                                          {"type": "desadv", "bizTransaction": "urn:epcglobal:cbv:bt:4012345000009:T1"}]})
     return events
 
 
@@ -178,7 +184,7 @@ def world(tmp_path_factory):
         generated = tmp / "generated.jsonl"
         generated.write_text("".join(json.dumps(e) + "\n" for e in generated_events()))
         result = ingest_path(generated, "epcis")
-        assert result.counts["kept"] == 60 and result.counts["rejects"] == 0
+        assert result.counts["kept"] == 61 and result.counts["rejects"] == 0
         with Spool(tmp / "edge.db", default_topic=stack.settings.topic_capture) as spool:
             assert publish_ingest(stack.settings, result, spool, timeout=120).remaining == 0
         for e in result.epcis:
