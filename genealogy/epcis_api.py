@@ -230,3 +230,63 @@ def load_key(path) -> bytes:
     finally:
         tmp.unlink()
     return path.read_bytes()
+
+
+# --- capture jobs (POST /capture -> 202 + Location: /capture/{captureID}) ---------------------------
+
+_JOBS = """
+CREATE TABLE IF NOT EXISTS capture_jobs (
+    capture_id  TEXT PRIMARY KEY,
+    created_ms  INTEGER NOT NULL,
+    finished_ms INTEGER NOT NULL,
+    errors      TEXT NOT NULL   -- JSON list of {"reason", "event_id"}: the events rejected (dead letters)
+)
+"""
+
+
+class CaptureJobs:
+    """What each capture request became, for ``GET /capture/{captureID}`` (EPCIS 2.0 capture job).
+
+    A capture here is done when it is answered: mapped and in the durable spool (the broker may take
+    it later, and nothing is lost meanwhile), so a job is never ``running``. Rejected events do not
+    stop the rest (captureErrorBehaviour ``proceed``); the job lists them. Kept in a SQLite file
+    beside the capture spool, at most ``keep`` jobs (the oldest go first)."""
+
+    def __init__(self, path, keep: int = 10_000):
+        import sqlite3
+        import threading
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute(_JOBS)
+        self._lock = threading.Lock()
+        self.keep = keep
+
+    @staticmethod
+    def new_id() -> str:
+        return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(6)}"
+
+    def record(self, capture_id: str, created_ms: int, errors: list[dict]) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO capture_jobs VALUES (?, ?, ?, ?)",
+                             (capture_id, created_ms, int(time.time() * 1000), json.dumps(errors)))
+            self._db.execute("DELETE FROM capture_jobs WHERE capture_id NOT IN "
+                             "(SELECT capture_id FROM capture_jobs ORDER BY created_ms DESC LIMIT ?)", (self.keep,))
+
+    def get(self, capture_id: str) -> dict | None:
+        with self._lock:
+            row = self._db.execute("SELECT created_ms, finished_ms, errors FROM capture_jobs WHERE capture_id = ?",
+                                   (capture_id,)).fetchone()
+        if row is None:
+            return None
+        errors = json.loads(row[2])
+        return {"captureID": capture_id, "createdAt": epcis_event.format_time(row[0]),
+                "finishedAt": epcis_event.format_time(row[1]), "running": False, "success": not errors,
+                "captureErrorBehaviour": "proceed",
+                "errors": [{"type": "epcisException:ValidationException", "title": "Event rejected", "status": 400,
+                            "detail": e["reason"], "eventID": e.get("event_id", "")} for e in errors]}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

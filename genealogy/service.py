@@ -15,6 +15,7 @@ run as many replicas as wanted (``--no-sink`` for query-only replicas).
     POST /capture, POST /events      EPCIS 2.0 capture: an EPCISDocument or one event (JSON / JSON-LD)
     GET  /events?<EPCIS 2.0 query parameters>[&perPage=&nextPageToken=]   EPCIS 2.0 query (genealogy.epcis_api)
     GET  /events/{eventID}, GET /epcs/{epc}/events, GET /eventTypes/{type}/events
+    GET  /capture/{captureID}        what a capture became (POST /capture answers 202 with its Location)
     POST /reprocess                  recompute what late events changed (see genealogy.reprocess)
 
 Captured EPCIS goes to a local durable spool first and is forwarded to Kafka
@@ -139,6 +140,7 @@ class Service:
         self.late = LateCorrector(settings, self.connection, self.writer) if with_sink and settings.late_correction_s > 0 else None
         self.spool = Spool.for_settings(settings, settings.data_dir / "spool" / "http-capture.db")
         self.page_tokens = epcis_api.PageTokens(epcis_api.load_key(settings.data_dir / "auth" / "page-token.key"))
+        self.capture_jobs = epcis_api.CaptureJobs(settings.data_dir / "spool" / "capture-jobs.db")
         self.forwarder = Forwarder(settings, self.spool)
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -188,6 +190,7 @@ class Service:
             thread.join(timeout=30)
         self.forwarder.close(timeout=5)
         self.spool.close()
+        self.capture_jobs.close()
         self.analyst.close()
         self.connection.close()
 
@@ -248,15 +251,18 @@ class Service:
         target = resolve(self.read_model, text, kind) if text else None
         return granularity.granularity_report(self.read_model, item=item, target=target, **costs)
 
-    def capture(self, body: bytes, origin: str) -> dict:
-        """EPCIS capture: mapped, spooled durably, then forwarded; rejects are dead letters too."""
+    def capture(self, body: bytes, origin: str, capture_id: str | None = None) -> dict:
+        """EPCIS capture: mapped, spooled durably, then forwarded; rejects are dead letters too. The job
+        (``GET /capture/{captureID}``) is recorded once the spool has it."""
+        created_ms = int(time.time() * 1000)
         result = ingest_lines(body.splitlines(keepends=True), "epcis", origin)
         if not result.values:
             raise ValueError("the request body holds no JSON document")
         spool_ingest(self.settings, result, self.spool)
-        return {"captureID": origin, "accepted": result.counts,
-                "rejects": [{"reason": d["reason"], "event_id": d["event_id"]} for d in result.dead_letters],
-                "untraceable": result.untraceable}
+        rejects = [{"reason": d["reason"], "event_id": d["event_id"]} for d in result.dead_letters]
+        capture_id = capture_id or origin
+        self.capture_jobs.record(capture_id, created_ms, rejects)
+        return {"captureID": capture_id, "accepted": result.counts, "rejects": rejects, "untraceable": result.untraceable}
 
     def epcis_page(self, query: epcis_query.EventQuery, after: str, per_page: int) -> tuple[list[tuple[str, dict]], bool]:
         """A page of the EPCIS query: (event id, event as captured) in event id order, and whether more follow."""
@@ -437,11 +443,21 @@ def make_app(service: Service) -> web.Application:
 
     async def capture(request):
         body = await _body(request, settings.capture_max_body_bytes)
-        origin = f"http{request.path}:{time.strftime('%Y%m%dT%H%M%S')}:{id(request):x}"
-        response = await call(service.capture, body, origin)
+        capture_id = epcis_api.CaptureJobs.new_id()
+        origin = f"http{request.path}:{capture_id}"
+        response = await call(service.capture, body, origin, capture_id)
         if response.status == 200:
-            response.set_status(202)
+            response.set_status(202)  # EPCIS 2.0: accepted; the job is at Location
+            response.headers["Location"] = f"/capture/{capture_id}"
+            response.headers.update(EPCIS_HEADERS)
         return response
+
+    async def capture_job(request):
+        capture_id = request.match_info["capture_id"]
+        job = await asyncio.get_running_loop().run_in_executor(None, service.capture_jobs.get, capture_id)
+        if job is None:
+            return _problem(epcis_api.QueryProblem(f"no capture job {capture_id!r}", 404, "NoSuchResourceException"))
+        return web.Response(text=_dumps(job), content_type="application/json", headers=EPCIS_HEADERS)
 
     async def epcis_query_answer(request, fixed: dict | None = None):
         """GET /events and the resources that are queries with a parameter fixed by the path."""
@@ -520,7 +536,8 @@ def make_app(service: Service) -> web.Application:
                     web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture),
                     web.post("/reprocess", do_reprocess), web.get("/events", epcis_events),
                     web.get("/events/{event_id:.+}", epcis_event), web.get("/epcs/{epc:.+}/events", epc_events),
-                    web.get("/eventTypes/{event_type}/events", event_type_events)])
+                    web.get("/eventTypes/{event_type}/events", event_type_events),
+                    web.get("/capture/{capture_id}", capture_job)])
     return app
 
 

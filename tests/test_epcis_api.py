@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -116,3 +118,18 @@ def test_the_query_document_is_the_standards_shape():
     doc = api.query_document([{"type": "ObjectEvent"}], now_ms=0)
     assert doc["type"] == "EPCISQueryDocument" and doc["schemaVersion"] == "2.0" and doc["creationDate"] == "1970-01-01T00:00:00.000Z"
     assert doc["epcisBody"]["queryResults"]["resultsBody"]["eventList"] == [{"type": "ObjectEvent"}]
+
+
+def test_capture_jobs_are_kept_across_a_restart_and_bounded(tmp_path):
+    jobs = api.CaptureJobs(tmp_path / "jobs.db", keep=2)
+    ids = [api.CaptureJobs.new_id() for _ in range(3)]
+    assert len(set(ids)) == 3 and all(re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{12}", i) for i in ids)
+    jobs.record(ids[0], 1, [])
+    jobs.record(ids[1], 2, [{"reason": "x:1#eventList[0]: eventTime: missing", "event_id": "e1"}])
+    jobs.close()
+    again = api.CaptureJobs(tmp_path / "jobs.db", keep=2)
+    assert again.get(ids[0])["success"] is True and again.get(ids[0])["createdAt"] == "1970-01-01T00:00:00.001Z"
+    failed = again.get(ids[1])
+    assert failed["success"] is False and failed["errors"][0]["eventID"] == "e1" and not failed["running"]
+    again.record(ids[2], 3, [])
+    assert again.get(ids[0]) is None and again.get(ids[2]) is not None and again.get("nope") is None

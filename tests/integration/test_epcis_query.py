@@ -162,6 +162,9 @@ def brute(events: dict[str, dict], params: dict[str, str]) -> set[str]:
     return {i for i, e in events.items() if keep(e)}
 
 
+CAPTURES: dict[str, tuple[str, dict]] = {}  # GS1 file name -> (Location, answer) of its POST /capture
+
+
 # --- the stack, fed once --------------------------------------------------------------------------
 
 def canonical(event: dict) -> str:
@@ -177,8 +180,10 @@ def world(tmp_path_factory):
         kept: dict[str, str] = {}  # canonical event (no recordTime) -> event id
         for path in GS1:  # the standard's examples, through the HTTP capture interface
             body = path.read_bytes()
-            code, answer = client.post_bytes("/capture", body, "application/ld+json")
-            assert code == 202, (path.name, answer)
+            response = client.http.request("POST", f"{client.base_url}/capture", body=body,
+                                           headers={**client.headers, "Content-Type": "application/ld+json"})
+            assert response.status == 202, (path.name, response.data)
+            CAPTURES[path.name] = (response.headers["Location"], json.loads(response.data))
             for e in ingest_lines(body.splitlines(keepends=True), "epcis", path.name).epcis:
                 kept[canonical(json.loads(e["json"]))] = e["event_id"]
         generated = tmp / "generated.jsonl"
@@ -367,3 +372,17 @@ def test_events_without_genealogy_are_kept_not_dead_lettered(world):
     assert rows == [[len(with_sensors)]]
     # Re-sending a captured event does not add a row: one row per event id.
     assert sql(client, "SELECT uniqExact(event_id) = count() FROM epcis_events FINAL") == [[1]]
+
+
+def test_a_capture_job_says_what_became_of_each_capture(world):
+    """POST /capture answers 202 with Location: /capture/{captureID}; the job lists the rejected events."""
+    _, client, _ = world
+    clean_location, clean = CAPTURES["Example_9.6.1-ObjectEvent.jsonld"]
+    code, job = client.get(clean_location)
+    assert code == 200 and job["captureID"] == clean["captureID"] and clean_location == f"/capture/{job['captureID']}"
+    assert job["running"] is False and job["success"] is True and job["errors"] == []
+    location, answer = CAPTURES["Example-TransactionEvents-2020_07_03y.jsonld"]
+    code, job = client.get(location)
+    assert code == 200 and job["success"] is False and len(job["errors"]) == len(answer["rejects"]) == 2
+    assert all(e["detail"] and e["status"] == 400 for e in job["errors"])
+    assert problem(client, "/capture/no-such-capture", 404)["type"] == "epcisException:NoSuchResourceException"
