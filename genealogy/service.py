@@ -38,7 +38,7 @@ from aiohttp import web
 
 from genealogy import auth, epcis_api, schemas
 from genealogy import kafka
-from genealogy.domain import ids, recall
+from genealogy.domain import epcis_event, ids, recall
 from genealogy.sinks import epcis_query, granularity, linkage
 from genealogy.join_recovery import JoinRecovery
 from genealogy.settings import Settings
@@ -474,14 +474,14 @@ def make_app(service: Service) -> web.Application:
             next_token, expires = service.page_tokens.encode(page[-1][0], bound_to)
             url = request.url.with_query([(k, v) for k, v in items if k != "nextPageToken"] + [("nextPageToken", next_token)])
             headers["Link"] = f'<{url}>; rel="next"'
-            headers["GS1-Next-Page-Token-Expires"] = epcis_api.epcis_event.format_time(expires * 1000)
+            headers["GS1-Next-Page-Token-Expires"] = epcis_event.format_time(expires * 1000)
         body = epcis_api.query_document([event for _, event in page])
         return web.Response(text=_dumps(body), content_type="application/json", headers=headers)
 
     async def epcis_events(request):
         return await epcis_query_answer(request)
 
-    async def epcis_event(request):
+    async def one_event(request):
         event_id = request.match_info["event_id"]
         event = await asyncio.get_running_loop().run_in_executor(None, service.epcis_event, event_id)
         if event is None:
@@ -535,7 +535,7 @@ def make_app(service: Service) -> web.Application:
                     web.get("/trace", do_trace), web.get("/linkage", do_linkage), web.get("/granularity", do_granularity),
                     web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture),
                     web.post("/reprocess", do_reprocess), web.get("/events", epcis_events),
-                    web.get("/events/{event_id:.+}", epcis_event), web.get("/epcs/{epc:.+}/events", epc_events),
+                    web.get("/events/{event_id:.+}", one_event), web.get("/epcs/{epc:.+}/events", epc_events),
                     web.get("/eventTypes/{event_type}/events", event_type_events),
                     web.get("/capture/{capture_id}", capture_job)])
     return app
