@@ -27,14 +27,15 @@ What comes out (``IngestResult``):
   ``dead_letter_id`` hashes stage, reason and payload: re-ingesting a file
   does not add dead letters.
 * ``unknown``: input a mapper recognised but has nothing to say about for
-  genealogy (a CFX EnergyConsumed, an EPCIS unpacking). Not an error, but
+  genealogy (a CFX EnergyConsumed, a CFX reel kitted onto a carrier). Not an error, but
   nothing is dropped silently: each is kept raw as a DeadLetter-shaped record
   with stage ``unknown`` and the mapper's note as reason. ``publish_ingest``
   sends them to the dead-letter topic too (``keep_unknown``), where they can
   be counted apart (``WHERE stage = 'unknown'``) and replayed once a mapping
   exists.
-  An EPCIS event is the exception: one that is not rejected is kept whole (below), so its
-  "nothing for genealogy" is counted in ``unknown`` but not sent as a dead letter.
+  An EPCIS event (an unpacking, a plain observation) is the exception: one that is not rejected
+  and has a type and a zoned eventTime is kept whole (below), so its "nothing for genealogy" is
+  counted in ``unknown`` but not sent as a dead letter.
 * ``epcis``: every EPCIS event that was not rejected (mapped or unknown: a plain ObjectEvent with
   sensor data too), as {``event_id``, ``json``}: the event as captured with the repository's
   ``recordTime`` (``genealogy.domain.epcis_event``), key = its event id (``epcis.event_id_of``).
