@@ -63,7 +63,8 @@ class Rows:
             writer.insert_derived(table, self.derived[group])
         writer.insert("capture_batches", CAPTURE_COLUMNS, self.capture)
         writer.insert("dead_letters", DEAD_LETTER_COLUMNS, self.dead)
-        writer.insert_epcis(self.epcis)
+        if self.epcis:  # EPCIS events (sinks.epcis_store); epoch-ms times go in as DateTime64 ticks
+            writer.insert("epcis_events", epcis_store.COLUMNS, self.epcis)
 
 
 class KafkaSink:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
-from genealogy.sinks import epcis_store, queries
+from genealogy.sinks import queries
 from genealogy.sinks.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,6 @@ class Writer:
     def insert(self, table: str, columns: list[str], rows: Sequence[Sequence]) -> None:
         if rows:
             self.connection.insert(table, rows, columns)
-
-    def insert_epcis(self, rows: Sequence[Sequence]) -> None:
-        """Rows of epcis_events (sinks.epcis_store.row); times are epoch ms, written as DateTime64 ticks."""
-        if rows:
-            self.connection.insert("epcis_events", rows, epcis_store.COLUMNS)
 
     def insert_derived(self, table: str, columns: Mapping[str, list]) -> None:
         """Rows of `table` given as the columns of a schemas.DERIVED group (FROM_DERIVED), inserted column by
