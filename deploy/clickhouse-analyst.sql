@@ -44,6 +44,7 @@ GRANT SELECT ON default.edges_final TO analyst;
 GRANT SELECT ON default.units_final TO analyst;
 GRANT SELECT ON default.dead_letters_final TO analyst;
 GRANT SELECT ON default.reprocessed TO analyst;
+GRANT SELECT ON default.epcis_events TO analyst;
 
 -- A quota: a runaway dashboard cannot read the store all day.
 CREATE QUOTA IF NOT EXISTS genealogy_analyst FOR INTERVAL 1 hour MAX queries = 10000, read_rows = 100000000000

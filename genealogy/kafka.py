@@ -65,7 +65,7 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 def ensure_topics(settings: Settings, timeout: float = 20.0) -> None:
     admin = AdminClient(settings.kafka_config)
-    wanted = [settings.topic_capture, settings.topic_edges, settings.topic_dead_letters]
+    wanted = [settings.topic_capture, settings.topic_edges, settings.topic_dead_letters, settings.topic_epcis]
     for attempt in Retrying(retry=retry_if_exception_type(KafkaException), stop=stop_after_delay(timeout),
                             wait=wait_fixed(0.2), reraise=True):
         with attempt:

@@ -72,7 +72,7 @@ class Retention:
 
     def groups(self) -> dict[str, list[str]]:
         s = self.settings
-        return {s.app_id: [s.topic_capture], s.sink_group: [s.topic_edges, s.topic_dead_letters, s.topic_capture]}
+        return {s.app_id: [s.topic_capture], s.sink_group: [s.topic_edges, s.topic_dead_letters, s.topic_capture, s.topic_epcis]}
 
     def bounds(self) -> dict[tuple[str, int], int]:
         """(topic, partition) -> offset below which no consumer needs the log."""

@@ -13,6 +13,9 @@ run as many replicas as wanted (``--no-sink`` for query-only replicas).
     GET  /granularity?item=|lot=|serial=[&unit_value=&recall_probability=&units_per_year=]
     POST /sql   {"sql": "...", "parameters": {...}}   read-only analyst SQL
     POST /capture, POST /events      EPCIS 2.0 capture: an EPCISDocument or one event (JSON / JSON-LD)
+    GET  /events?<EPCIS 2.0 query parameters>[&perPage=&nextPageToken=]   EPCIS 2.0 query (genealogy.epcis_api)
+    GET  /events/{eventID}, GET /epcs/{epc}/events, GET /eventTypes/{type}/events
+    GET  /capture/{captureID}        what a capture became (POST /capture answers 202 with its Location)
     POST /reprocess                  recompute what late events changed (see genealogy.reprocess)
 
 Captured EPCIS goes to a local durable spool first and is forwarded to Kafka
@@ -33,10 +36,10 @@ import time
 
 from aiohttp import web
 
-from genealogy import auth, schemas
+from genealogy import auth, epcis_api, schemas
 from genealogy import kafka
-from genealogy.domain import ids, recall
-from genealogy.sinks import granularity, linkage
+from genealogy.domain import epcis_event, ids, recall
+from genealogy.sinks import epcis_query, granularity, linkage
 from genealogy.join_recovery import JoinRecovery
 from genealogy.settings import Settings
 from genealogy.producers.ingest import ingest_lines, spool_ingest
@@ -136,6 +139,8 @@ class Service:
         # Only the sink's process corrects late events: it is the one that writes.
         self.late = LateCorrector(settings, self.connection, self.writer) if with_sink and settings.late_correction_s > 0 else None
         self.spool = Spool.for_settings(settings, settings.data_dir / "spool" / "http-capture.db")
+        self.page_tokens = epcis_api.PageTokens(epcis_api.load_key(settings.data_dir / "auth" / "page-token.key"))
+        self.capture_jobs = epcis_api.CaptureJobs(settings.data_dir / "spool" / "capture-jobs.db")
         self.forwarder = Forwarder(settings, self.spool)
         self.stop = threading.Event()
         self.threads: list[threading.Thread] = []
@@ -185,6 +190,7 @@ class Service:
             thread.join(timeout=30)
         self.forwarder.close(timeout=5)
         self.spool.close()
+        self.capture_jobs.close()
         self.analyst.close()
         self.connection.close()
 
@@ -206,7 +212,7 @@ class Service:
                                for k in ("stations", "table_keys", "pending_completions")}
         try:
             lags = kafka.lags(s, {s.app_id: [s.topic_capture],
-                                  s.sink_group: [s.topic_edges, s.topic_dead_letters, s.topic_capture]},
+                                  s.sink_group: [s.topic_edges, s.topic_dead_letters, s.topic_capture, s.topic_epcis]},
                               handled={s.app_id: {s.topic_capture: handled_offsets(reports)}})
             states = kafka.group_states(s, [s.app_id, s.sink_group])
             out["lag"] = {"stream": lags[s.app_id], "sink": lags[s.sink_group]}
@@ -245,15 +251,27 @@ class Service:
         target = resolve(self.read_model, text, kind) if text else None
         return granularity.granularity_report(self.read_model, item=item, target=target, **costs)
 
-    def capture(self, body: bytes, origin: str) -> dict:
-        """EPCIS capture: mapped, spooled durably, then forwarded; rejects are dead letters too."""
+    def capture(self, body: bytes, origin: str, capture_id: str | None = None) -> dict:
+        """EPCIS capture: mapped, spooled durably, then forwarded; rejects are dead letters too. The job
+        (``GET /capture/{captureID}``) is recorded once the spool has it."""
+        created_ms = int(time.time() * 1000)
         result = ingest_lines(body.splitlines(keepends=True), "epcis", origin)
         if not result.values:
             raise ValueError("the request body holds no JSON document")
         spool_ingest(self.settings, result, self.spool)
-        return {"captureID": origin, "accepted": result.counts,
-                "rejects": [{"reason": d["reason"], "event_id": d["event_id"]} for d in result.dead_letters],
-                "untraceable": result.untraceable}
+        rejects = [{"reason": d["reason"], "event_id": d["event_id"]} for d in result.dead_letters]
+        capture_id = capture_id or origin
+        self.capture_jobs.record(capture_id, created_ms, rejects)
+        return {"captureID": capture_id, "accepted": result.counts, "rejects": rejects, "untraceable": result.untraceable}
+
+    def epcis_page(self, query: epcis_query.EventQuery, after: str, per_page: int) -> tuple[list[tuple[str, dict]], bool]:
+        """A page of the EPCIS query: (event id, event as captured) in event id order, and whether more follow."""
+        rows, more = epcis_query.events_page(self.connection, query, after, per_page)
+        return [(event_id, json.loads(event_json)) for event_id, event_json in rows], more
+
+    def epcis_event(self, event_id: str) -> dict | None:
+        found = epcis_query.event_by_id(self.connection, event_id)
+        return None if found is None else json.loads(found)
 
     def reprocess(self) -> dict:
         from genealogy.sinks.reprocess import reprocess_late
@@ -274,6 +292,15 @@ class BadRequest(ValueError):
 
 def _json_error(status: int, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=status, dumps=_dumps)
+
+
+EPCIS_HEADERS = {"GS1-EPCIS-Version": "2.0", "GS1-CBV-Version": "2.0"}
+
+
+def _problem(problem: epcis_api.QueryProblem) -> web.Response:
+    """An RFC 7807 problem of the EPCIS query interface."""
+    return web.Response(text=_dumps(problem.as_dict()), status=problem.status, content_type="application/problem+json",
+                        headers=EPCIS_HEADERS)
 
 
 def _target(request: web.Request) -> tuple[str, str]:
@@ -416,11 +443,60 @@ def make_app(service: Service) -> web.Application:
 
     async def capture(request):
         body = await _body(request, settings.capture_max_body_bytes)
-        origin = f"http{request.path}:{time.strftime('%Y%m%dT%H%M%S')}:{id(request):x}"
-        response = await call(service.capture, body, origin)
+        capture_id = epcis_api.CaptureJobs.new_id()
+        origin = f"http{request.path}:{capture_id}"
+        response = await call(service.capture, body, origin, capture_id)
         if response.status == 200:
-            response.set_status(202)
+            response.set_status(202)  # EPCIS 2.0: accepted; the job is at Location
+            response.headers["Location"] = f"/capture/{capture_id}"
+            response.headers.update(EPCIS_HEADERS)
         return response
+
+    async def capture_job(request):
+        capture_id = request.match_info["capture_id"]
+        job = await asyncio.get_running_loop().run_in_executor(None, service.capture_jobs.get, capture_id)
+        if job is None:
+            return _problem(epcis_api.QueryProblem(f"no capture job {capture_id!r}", 404, "NoSuchResourceException"))
+        return web.Response(text=_dumps(job), content_type="application/json", headers=EPCIS_HEADERS)
+
+    async def epcis_query_answer(request, fixed: dict | None = None):
+        """GET /events and the resources that are queries with a parameter fixed by the path."""
+        items = list(request.query.items())
+        try:
+            query, per_page, token = epcis_api.parse_query(items, fixed)
+            bound_to = epcis_api.fingerprint(items, fixed)
+            after = service.page_tokens.decode(token, bound_to) if token else ""
+        except epcis_api.QueryProblem as problem:
+            return _problem(problem)
+        page, more = await asyncio.get_running_loop().run_in_executor(None, service.epcis_page, query, after, per_page)
+        headers = dict(EPCIS_HEADERS)
+        if more:
+            next_token, expires = service.page_tokens.encode(page[-1][0], bound_to)
+            url = request.url.with_query([(k, v) for k, v in items if k != "nextPageToken"] + [("nextPageToken", next_token)])
+            headers["Link"] = f'<{url}>; rel="next"'
+            headers["GS1-Next-Page-Token-Expires"] = epcis_event.format_time(expires * 1000)
+        body = epcis_api.query_document([event for _, event in page])
+        return web.Response(text=_dumps(body), content_type="application/json", headers=headers)
+
+    async def epcis_events(request):
+        return await epcis_query_answer(request)
+
+    async def one_event(request):
+        event_id = request.match_info["event_id"]
+        event = await asyncio.get_running_loop().run_in_executor(None, service.epcis_event, event_id)
+        if event is None:
+            return _problem(epcis_api.QueryProblem(f"no event with eventID {event_id!r}", 404, "NoSuchResourceException"))
+        return web.Response(text=_dumps(event), content_type="application/json", headers=EPCIS_HEADERS)
+
+    async def epc_events(request):
+        return await epcis_query_answer(request, {"MATCH_anyEPC": request.match_info["epc"]})
+
+    async def event_type_events(request):
+        event_type = request.match_info["event_type"]
+        if event_type not in epcis_api.EVENT_TYPES:
+            return _problem(epcis_api.QueryProblem(f"no event type {event_type!r}; the types are "
+                                                   f"{', '.join(epcis_api.EVENT_TYPES)}", 404, "NoSuchResourceException"))
+        return await epcis_query_answer(request, {"eventType": event_type})
 
     async def do_reprocess(request):
         return await call(service.reprocess)
@@ -458,7 +534,10 @@ def make_app(service: Service) -> web.Application:
     app.add_routes([web.get("/health", health), web.get("/status", status), web.get("/recall", do_recall),
                     web.get("/trace", do_trace), web.get("/linkage", do_linkage), web.get("/granularity", do_granularity),
                     web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture),
-                    web.post("/reprocess", do_reprocess)])
+                    web.post("/reprocess", do_reprocess), web.get("/events", epcis_events),
+                    web.get("/events/{event_id:.+}", one_event), web.get("/epcs/{epc:.+}/events", epc_events),
+                    web.get("/eventTypes/{event_type}/events", event_type_events),
+                    web.get("/capture/{capture_id}", capture_job)])
     return app
 
 

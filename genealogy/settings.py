@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     topic_capture: str = "genealogy.capture"
     topic_edges: str = "genealogy.edges"
     topic_dead_letters: str = "genealogy.dead-letters"
+    # Every captured EPCIS event as its JSON (key: event id), for the EPCIS query interface (GET /events).
+    topic_epcis: str = "genealogy.epcis"
     schema_registry_url: str = Field(default="", description="Confluent Schema Registry; empty = the repository's own schemas with fixed ids")
     # Tansu 0.6, the embedded broker, differs from Kafka in two ways that break Faust's table
     # hand-over between workers, so workers on it are configured around them:

@@ -93,7 +93,9 @@ VOLATILE = ("recordTime", "eventID", "@context")
 LOT_KEYS = ("lotNumber", "cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "https://gs1.org/voc/lotNumber")
 
 
-def map_epcis(doc_or_event: dict, *, origin: str) -> MapResult:
+def map_epcis(doc_or_event: dict, *, origin: str, identities: dict[int, str] | None = None) -> MapResult:
+    """``identities``: when given, filled with id(raw event) -> its event id (``event_id_of``), for every
+    event that is a JSON object, mapped or not (the query interface keeps events by that id)."""
     result = MapResult()
     try:
         items = _event_list(doc_or_event, origin)
@@ -103,6 +105,8 @@ def map_epcis(doc_or_event: dict, *, origin: str) -> MapResult:
     unnamed = [raw for _, raw in items if isinstance(raw, dict) and not _text(raw.get("eventID"))]
     hashed = dict(zip(map(id, unnamed), event_hashes(unnamed, doc_or_event.get("@context")))) if unnamed else {}
     for where, raw in items:
+        if identities is not None and isinstance(raw, dict):
+            identities[id(raw)] = event_id_of(raw, hashed.get(id(raw)))
         try:
             if isinstance(raw, dict) and raw.get("errorDeclaration") is not None:
                 mapped = _declared(raw, hashed.get(id(raw)))
@@ -143,7 +147,7 @@ def _map_event(raw: Any, hashed: str | HashUnavailable | None = None) -> MapResu
         return out
     event_ms = epoch_ms(raw.get("eventTime"), "eventTime")
     station = _station(raw)
-    event_id = _text(raw.get("eventID")) or (hashed if isinstance(hashed, str) else content_id(raw))
+    event_id = event_id_of(raw, hashed)
     common = dict(event_ms=event_ms, station=station)
     _typed(raw, etype, event_id, common, out)
     links = _transaction_links(raw, etype, event_id, common, out)
@@ -428,6 +432,11 @@ def _declared(raw: dict, hashed: str | HashUnavailable | None) -> MapResult:
 
 
 # --- event identity ----------------------------------------------------------------
+
+def event_id_of(raw: dict, hashed: str | HashUnavailable | None = None) -> str:
+    """``eventID`` when given, else the CBV 2.0 hash (``hashed``, from ``event_hashes``), else ``content_id``."""
+    return _text(raw.get("eventID")) or (hashed if isinstance(hashed, str) else content_id(raw))
+
 
 
 def content_id(raw: dict) -> str:

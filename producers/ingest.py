@@ -27,14 +27,22 @@ What comes out (``IngestResult``):
   ``dead_letter_id`` hashes stage, reason and payload: re-ingesting a file
   does not add dead letters.
 * ``unknown``: input a mapper recognised but has nothing to say about for
-  genealogy (a CFX EnergyConsumed, an EPCIS unpacking). Not an error, but
+  genealogy (a CFX EnergyConsumed, a CFX reel kitted onto a carrier). Not an error, but
   nothing is dropped silently: each is kept raw as a DeadLetter-shaped record
   with stage ``unknown`` and the mapper's note as reason. ``publish_ingest``
   sends them to the dead-letter topic too (``keep_unknown``), where they can
   be counted apart (``WHERE stage = 'unknown'``) and replayed once a mapping
   exists.
+  An EPCIS event (an unpacking, a plain observation) is the exception: one that is not rejected
+  and has a type and a zoned eventTime is kept whole (below), so its "nothing for genealogy" is
+  counted in ``unknown`` but not sent as a dead letter.
+* ``epcis``: every EPCIS event that was not rejected (mapped or unknown: a plain ObjectEvent with
+  sensor data too), as {``event_id``, ``json``}: the event as captured with the repository's
+  ``recordTime`` (``genealogy.domain.epcis_event``), key = its event id (``epcis.event_id_of``).
+  ``spool_rows`` sends them to ``settings.topic_epcis`` as UTF-8 JSON; the sink keeps them in
+  ``epcis_events`` for the EPCIS query interface (``GET /events``).
 * ``untraceable``: class-level node ids seen (no lot or serial).
-* ``counts``: values, events, batches, rejects, unknown, untraceable.
+* ``counts``: values, events, batches, rejects, unknown, untraceable, kept (EPCIS events kept).
 
 ``ingest_lines`` / ``ingest_path`` read to the end; ``bridge`` reads a
 never-ending feed (stdin, ``follow(path)``) and yields a result every
@@ -57,6 +65,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from genealogy import schemas
+from genealogy.domain import epcis_event
 from genealogy.settings import Settings
 from genealogy.producers import epcis
 from genealogy.producers.cfx import CfxContext, map_cfx
@@ -232,15 +241,18 @@ class IngestResult:
     dead_letters: list[dict] = field(default_factory=list)   # stage "ingest": errors
     unknown: list[dict] = field(default_factory=list)        # stage "unknown": not errors, kept raw
     untraceable: list[str] = field(default_factory=list)
+    epcis: list[dict] = field(default_factory=list)          # EPCIS events kept whole: {event_id, json}
+    unknown_kept: int = 0                                    # unknowns among them (no dead letter)
     values: int = 0
 
     @property
     def counts(self) -> dict[str, int]:
         return {"values": self.values, "events": sum(len(b["events"]) for b in self.batches), "batches": len(self.batches),
-                "rejects": len(self.dead_letters), "unknown": len(self.unknown), "untraceable": len(self.untraceable)}
+                "rejects": len(self.dead_letters), "unknown": len(self.unknown) + self.unknown_kept,
+                "untraceable": len(self.untraceable), "kept": len(self.epcis)}
 
     def __bool__(self) -> bool:
-        return bool(self.values or self.batches or self.dead_letters or self.unknown)
+        return bool(self.values or self.batches or self.dead_letters or self.unknown or self.epcis)
 
 
 class Ingestor:
@@ -343,15 +355,39 @@ class Ingestor:
             return
         for item_where, item in items:
             payload = value.raw if item is value.data else json.dumps(item, ensure_ascii=False).encode()
-            self._mapped(epcis.map_epcis(item, origin=item_where), value, item, payload)
+            identities: dict[int, str] = {}
+            mapped = epcis.map_epcis(item, origin=item_where, identities=identities)
+            context = value.data.get("@context") if item is not value.data and isinstance(value.data, dict) else None
+            # From the payload, serialised before mapping: the CBV hash's JSON-LD expansion rewrites the raw
+            # event it is given in place (e.g. bizTransaction type "po" -> "https://ref.gs1.org/cbv/BTT-po").
+            kept = not mapped.rejects and self._keep_epcis(json.loads(payload), identities.get(id(item)), context)
+            self._mapped(mapped, value, item, payload, kept)
 
-    def _mapped(self, mapped: MapResult, value: Value, raw: Any, payload: bytes) -> None:
+    def _keep_epcis(self, item: Any, event_id: str | None, context: Any = None) -> bool:
+        """Keep an EPCIS event whole for the query interface; False when it cannot be (no eventTime ...).
+        An event of a document without a @context of its own takes the document's (its namespaces)."""
+        if event_id is None:
+            return False
+        try:
+            epcis_event.columns(item)
+        except epcis_event.BadEvent:
+            return False
+        kept = epcis_event.with_record_time(item, int(time.time() * 1000))
+        if context is not None and "@context" not in kept:
+            kept = {"@context": context, **kept}
+        self._pending.epcis.append({"event_id": event_id, "json": json.dumps(kept, ensure_ascii=False).encode()})
+        return True
+
+    def _mapped(self, mapped: MapResult, value: Value, raw: Any, payload: bytes, kept: bool = False) -> None:
         self._events.extend(mapped.events)
         for reject in mapped.rejects:
             self._dead("ingest", f"{reject.origin}: {reject.reason}", value, payload, raw)
+        self._pending.untraceable.extend(n for n in mapped.untraceable if n not in self._pending.untraceable)
+        if kept:  # the event itself is kept (epcis_events): its "nothing for genealogy" is counted, not dead-lettered
+            self._pending.unknown_kept += len(mapped.notes)
+            return
         for note in mapped.notes:  # one note per unknown (producers.mapping contract); already names where
             self._dead("unknown", note, value, payload, raw)
-        self._pending.untraceable.extend(n for n in mapped.untraceable if n not in self._pending.untraceable)
 
     def _dead(self, stage: str, reason: str, value: Value, payload: bytes, raw: Any = None) -> None:
         source, event_id, kind = _describe(self.fmt, raw)
@@ -483,6 +519,7 @@ def spool_rows(settings: Settings, result: IngestResult, serde: schemas.Serde | 
     rows = [(settings.topic_capture, b["source"].encode(), serde.encode(schemas.CAPTURE, b)) for b in result.batches]
     letters = [fit_dead_letter(settings, d) for d in result.dead_letters + (result.unknown if keep_unknown else [])]
     rows += [(settings.topic_dead_letters, d["topic"].encode(), serde.encode(schemas.DEAD_LETTER, d)) for d in letters]
+    rows += [(settings.topic_epcis, e["event_id"].encode(), e["json"]) for e in result.epcis]
     return rows
 
 
@@ -560,7 +597,7 @@ def publish_path(settings: Settings, path: str | Path, fmt: str, spool: Spool, *
         remaining = forwarder.forward_all(timeout)
     finally:
         forwarder.close(timeout=1.0)
-    return {"counts": {k: totals.get(k, 0) for k in ("values", "events", "batches", "rejects", "unknown", "untraceable")},
+    return {"counts": {k: totals.get(k, 0) for k in ("values", "events", "batches", "rejects", "unknown", "untraceable", "kept")},
             "reasons": first_reasons, "remaining": remaining, "quarantined": forwarder.quarantined_now,
             "backlog": forwarder.backlog()}
 

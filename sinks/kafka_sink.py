@@ -22,6 +22,7 @@ from tenacity import Retrying, retry_if_exception_type, wait_exponential
 
 from genealogy import schemas
 from genealogy.settings import Settings
+from genealogy.sinks import epcis_store
 from genealogy.sinks.writer import CAPTURE_COLUMNS, DEAD_LETTER_COLUMNS, MAX_MS, Writer
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class Rows:
         self.derived_rows = 0
         self.capture: list[list] = []
         self.dead: list[list] = []
+        self.epcis: list[list] = []
 
     def add_derived(self, record: dict) -> None:
         """One decoded DERIVED record; checked whole before anything is added, so a corrupt one adds nothing."""
@@ -56,7 +58,7 @@ class Rows:
         self.derived_rows += sum(counts.values())
 
     def __len__(self) -> int:
-        return self.derived_rows + len(self.capture) + len(self.dead)
+        return self.derived_rows + len(self.capture) + len(self.dead) + len(self.epcis)
 
     def insert_into(self, writer: Writer) -> None:
         # Parents before children in the dependency sense: units and edges are what answers read.
@@ -64,6 +66,8 @@ class Rows:
             writer.insert_derived(table, self.derived[group])
         writer.insert("capture_batches", CAPTURE_COLUMNS, self.capture)
         writer.insert("dead_letters", DEAD_LETTER_COLUMNS, self.dead)
+        if self.epcis:  # EPCIS events (sinks.epcis_store); epoch-ms times go in as DateTime64 ticks
+            writer.insert("epcis_events", epcis_store.COLUMNS, self.epcis)
 
 
 class KafkaSink:
@@ -84,7 +88,7 @@ class KafkaSink:
             "fetch.wait.max.ms": settings.fetch_wait_ms,
         })
         self.assigned = threading.Event()  # set once the group has given the sink its partitions
-        self.topics = [settings.topic_edges, settings.topic_dead_letters, settings.topic_capture]
+        self.topics = [settings.topic_edges, settings.topic_dead_letters, settings.topic_capture, settings.topic_epcis]
         self.flushed_rows = 0
         self.flushes = 0
         self.last_flush_s = 0.0
@@ -158,12 +162,14 @@ class KafkaSink:
                 _, d = self.serde.decode(message.value(), expect=schemas.DEAD_LETTER)
                 rows.dead.append([d["dead_letter_id"], d["stage"], d["reason"], d["topic"], d["partition"], d["offset"],
                                   d["source"], d["event_id"], d["event_kind"], d["payload"], ts(d["occurred_ms"])])
+            elif topic == self.settings.topic_epcis:
+                rows.epcis.append(epcis_store.row(message.key(), message.value()))
             else:
                 # Raw, undecoded: the stream validates capture; here it is only kept, as it arrived.
                 key = message.key() or b""
                 rows.capture.append([key.decode(errors="replace"), ts(message.timestamp()[1]), topic,
                                      message.partition(), message.offset(), message.value() or b""])
-        except schemas.DecodeError as exc:
+        except (schemas.DecodeError, epcis_store.BadEpcisMessage) as exc:
             rows.dead.append(self._sink_dead_letter(message, str(exc)))
 
     @staticmethod

@@ -524,7 +524,8 @@ SELECT
     (SELECT uniqExact(production_lot) FROM units)           AS production_lots,
     (SELECT uniqExact(topic, partition, offset) FROM capture_batches) AS capture_batches,
     (SELECT uniqExact(event_id) FROM station_facts)         AS station_facts,
-    (SELECT uniqExact(dead_letter_id) FROM dead_letters)    AS dead_letters
+    (SELECT uniqExact(dead_letter_id) FROM dead_letters)    AS dead_letters,
+    (SELECT uniqExact(event_id) FROM epcis_events)          AS epcis_events
 """
 DEAD_LETTERS_BY_REASON_SQL = """
 SELECT stage, event_kind, any(reason), uniqExact(dead_letter_id) FROM dead_letters

@@ -179,3 +179,37 @@ CREATE TABLE IF NOT EXISTS reprocessed (
     reprocessed_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree(reprocessed_at)
 ORDER BY (dead_letter_id);
+
+-- Every captured EPCIS event (mapped to genealogy or not), for the EPCIS 2.0 query interface
+-- (GET /events, sinks/epcis_query.py). One row per event id: a re-sent event replaces its row
+-- (the newest recordTime wins); queries read it FINAL. EPCs are kept as written and normalised
+-- (genealogy.domain.ids.normalize; an EPC that is not a GS1 id we read stays as written), CBV
+-- terms (bizStep, disposition, bizTransaction type) in their bare form (shipping, in_transit, po).
+CREATE TABLE IF NOT EXISTS epcis_events (
+    event_id          String,
+    event_type        LowCardinality(String),
+    event_time        DateTime64(3, 'UTC'),
+    record_time       DateTime64(3, 'UTC'),
+    action            LowCardinality(String),
+    biz_step          LowCardinality(String),
+    disposition       LowCardinality(String),
+    read_point        String,
+    biz_location      String,
+    epcs              Array(String),   -- epcList and childEPCs (MATCH_epc)
+    epcs_norm         Array(String),
+    parent_id         String,
+    parent_id_norm    String,
+    input_epcs        Array(String),
+    input_epcs_norm   Array(String),
+    output_epcs       Array(String),
+    output_epcs_norm  Array(String),
+    any_epcs          Array(String),   -- all of the above and parentID (MATCH_anyEPC)
+    any_epcs_norm     Array(String),
+    epc_classes       Array(String),   -- epcClass of every quantity list
+    epc_classes_norm  Array(String),
+    biz_transactions  Array(Tuple(type String, id String)),
+    sensor_elements   String CODEC(ZSTD(3)),   -- sensorElementList as JSON ('' when none)
+    event_json        String CODEC(ZSTD(3)),   -- the event as captured, with the repository's recordTime
+    inserted_at       DateTime64(3, 'UTC') DEFAULT now64(3)
+) ENGINE = ReplacingMergeTree(record_time)
+ORDER BY event_id;

@@ -279,9 +279,10 @@ def test_ingest_memory_stays_bounded(stack, admin, tmp_path):
     size = path.stat().st_size
     env = {**os.environ, "GENEALOGY_DATA_DIR": str(tmp_path / "edge"), "GENEALOGY_BOOTSTRAP_SERVERS": stack.settings.kafka_bootstrap,
            "GENEALOGY_TOPIC_CAPTURE": "rss.capture", "GENEALOGY_TOPIC_DEAD_LETTERS": "rss.dead-letters",
-           "GENEALOGY_TOPIC_EDGES": "rss.edges"}
+           "GENEALOGY_TOPIC_EDGES": "rss.edges", "GENEALOGY_TOPIC_EPCIS": "rss.epcis"}
     kafka.ensure_topics(stack.settings.model_copy(update={"topic_capture": "rss.capture", "topic_dead_letters": "rss.dead-letters",
-                                                          "topic_edges": "rss.edges", "bootstrap_servers": stack.settings.kafka_bootstrap}))
+                                                          "topic_edges": "rss.edges", "topic_epcis": "rss.epcis",
+                                                          "bootstrap_servers": stack.settings.kafka_bootstrap}))
     # VmHWM (peak RSS) of the ingest process itself, read from /proc/<pid>/status as it exits.
     probe = ("import atexit, sys\n"
              "atexit.register(lambda: sys.stderr.write('\\nVMHWM ' + [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]))\n"

@@ -19,7 +19,7 @@ from tests.support.stack import ServiceClient, check_against_reference, cli, sql
 pytestmark = pytest.mark.integration
 
 TABLES = ["edges", "edges_by_parent", "units", "lot_members", "units_by_station", "nodes", "capture_batches",
-          "station_facts", "dead_letters", "corrections", "unpacked"]
+          "station_facts", "dead_letters", "corrections", "unpacked", "epcis_events"]
 
 ATTACKS = [
     "SELECT * FROM file('/etc/passwd','LineAsString')",

@@ -292,7 +292,9 @@ def test_ingest_gives_the_mappers_events_in_station_batches():
     expected = map_epcis(json.loads((FIXTURES / "epcis/plant_document.jsonld").read_text()), origin="x")
     assert canonical(e for b in doc.batches for e in b["events"]) == canonical(expected.events)
     assert doc.untraceable == expected.untraceable
-    assert doc.counts == {"values": 1, "events": 12, "batches": 3, "rejects": 2, "unknown": 1, "untraceable": 1}
+    # 8 events: 2 rejected, 6 kept whole for the EPCIS query interface (1 of them says nothing for genealogy;
+    # the unpacking is an Unpacked event).
+    assert doc.counts == {"values": 1, "events": 12, "batches": 3, "rejects": 2, "unknown": 1, "untraceable": 1, "kept": 6}
 
 
 def test_rejects_and_unknowns_are_dead_letters_naming_file_line_and_field():
@@ -315,7 +317,14 @@ def test_rejects_and_unknowns_are_dead_letters_naming_file_line_and_field():
     assert reasons[0].startswith("plant_document.jsonld:1#eventList[3]: childEPCs[1]: ")
     assert reasons[1].startswith("plant_document.jsonld:1#eventList[7]: eventTime: ")
     assert all(json.loads(d["payload"])["type"] in ("AggregationEvent", "TransformationEvent") for d in doc.dead_letters)
-    assert sorted(d["event_kind"] for d in doc.unknown) == ["ObjectEvent"]  # the DELETE is an Unpacked now
+    # An EPCIS event with nothing for genealogy (a plain observation) is no dead letter: it is
+    # kept whole, with every other event that was not rejected, for the EPCIS query interface.
+    assert doc.unknown == [] and doc.counts["unknown"] == 1
+    events = json.loads((FIXTURES / "epcis/plant_document.jsonld").read_text())["epcisBody"]["eventList"]
+    kept = [json.loads(e["json"]) for e in doc.epcis]
+    assert [{k: v for k, v in e.items() if k not in ("recordTime", "@context")} for e in kept] == \
+        [{k: v for k, v in e.items() if k != "recordTime"} for i, e in enumerate(events) if i not in (3, 7)]
+    assert all(e["recordTime"].endswith("Z") for e in kept)
 
     again = ingest_path(FIXTURES / "cfx/line1_stations.jsonl", "cfx")  # same input, same ids: no new dead letters
     assert [d["dead_letter_id"] for d in again.dead_letters + again.unknown] == \

@@ -127,3 +127,37 @@ def test_impossible_times_clamp_to_the_epoch(writer, read_model):
                "retractions": schemas.columns([], "retractions"), "unpacked": schemas.columns([], "unpacked")}
     sink_into(writer, [serde.encode(schemas.DERIVED, message)])
     assert [r[4] for r in read_model.rows(EDGES_SQL)] == [0, 0]
+
+
+class KeyedMessage(Message):
+    def __init__(self, topic: str, key: bytes | None, value: bytes, offset: int):
+        super().__init__(topic, value, offset)
+        self._key = key
+
+    def key(self):
+        return self._key
+
+
+def test_epcis_events_land_once_per_event_id_and_a_bad_one_is_a_dead_letter(writer, read_model):
+    """The sink's route for settings.topic_epcis: an event's JSON -> one epcis_events row per event id
+    (a re-sent event replaces its row); not JSON, no event id or no eventTime -> a sink dead letter."""
+    import json
+
+    settings = Settings()
+    sink = KafkaSink(settings, writer, schemas.local_serde())
+    for t in ("epcis_events", "dead_letters"):
+        writer.connection.command(f"TRUNCATE TABLE {t}")
+    event = {"type": "ObjectEvent", "eventTime": "2026-01-05T08:00:00Z", "recordTime": "2026-01-06T08:00:00Z",
+             "action": "OBSERVE", "epcList": ["urn:epc:id:sgtin:0614141.107346.2017"],
+             "sensorElementList": [{"sensorReport": [{"type": "Temperature", "value": 5}]}]}
+    later = {**event, "recordTime": "2026-01-07T08:00:00Z"}
+    rows = Rows()
+    for offset, (key, value) in enumerate([(b"ev-1", json.dumps(event).encode()), (b"ev-1", json.dumps(later).encode()),
+                                           (b"ev-2", b"not json"), (None, json.dumps(event).encode()),
+                                           (b"ev-3", json.dumps({"type": "ObjectEvent"}).encode())]):
+        sink._route(KeyedMessage(settings.topic_epcis, key, value, offset), rows)
+    assert len(rows.epcis) == 2 and len(rows.dead) == 3
+    rows.insert_into(writer)
+    assert read_model.rows("SELECT event_id, toUnixTimestamp64Milli(record_time), epcs_norm, sensor_elements != '' "
+                           "FROM epcis_events FINAL") == [("ev-1", 1767772800000, ["serial:10614141073464:2017"], 1)]
+    assert sorted(r[0] for r in read_model.rows("SELECT offset FROM dead_letters WHERE stage = 'sink'")) == [2, 3, 4]

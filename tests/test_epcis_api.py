@@ -1,0 +1,135 @@
+"""The EPCIS query interface's parameters and page tokens (genealogy.epcis_api), without a stack."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import given, strategies as st
+
+from genealogy import epcis_api as api
+from genealogy.sinks.epcis_query import INT64_MAX, INT64_MIN
+
+
+def parse(query: str, fixed=None):
+    from urllib.parse import parse_qsl
+    return api.parse_query(parse_qsl(query, keep_blank_values=True), fixed)
+
+
+def test_defaults_are_no_filter_and_thirty_per_page():
+    q, per_page, token = parse("")
+    assert per_page == 30 and token is None
+    p = q.parameters()
+    assert p["ge_event_time"] == INT64_MIN and p["lt_record_time"] == INT64_MAX and p["bt_types"] == [] and p["epc"] == []
+
+
+def test_values_are_comma_separated_and_a_repeated_parameter_adds_values():
+    q, _, _ = parse("EQ_bizStep=shipping,urn:epcglobal:cbv:bizstep:receiving&EQ_bizStep=https://ref.gs1.org/cbv/BizStep-packing"
+                    "&eventType=ObjectEvent,AggregationEvent&EQ_action=add")
+    assert q.biz_steps == ["shipping", "receiving", "packing"]
+    assert q.event_types == ["ObjectEvent", "AggregationEvent"] and q.actions == ["ADD"]
+
+
+def test_times_parse_to_epoch_ms():
+    q, _, _ = parse("GE_eventTime=2026-01-05T08:00:00Z&LT_eventTime=2026-01-05T09:00:00.250%2B01:00")
+    assert (q.ge_event_time, q.lt_event_time) == (1767600000000, 1767600000250)
+
+
+def test_match_values_are_written_normalised_and_class_patterns_become_prefixes():
+    q, _, _ = parse("MATCH_epc=urn:epc:id:sgtin:0614141.107346.2017,urn:epc:idpat:sgtin:0614141.107346.*,weird:id")
+    written, norm, prefixes = q.matches["epc"]
+    assert written == ["urn:epc:id:sgtin:0614141.107346.2017", "urn:epc:idpat:sgtin:0614141.107346.*", "weird:id"]
+    assert norm == ["serial:10614141073464:2017", "class:10614141073464:*"]
+    assert prefixes == ["serial:10614141073464:", "lot:10614141073464:"]
+
+
+def test_biz_transactions_are_anded_across_types():
+    q, _, _ = parse("EQ_bizTransaction_po=PO-1,PO-2&EQ_bizTransaction_urn:epcglobal:cbv:btt:desadv=D-1")
+    p = q.parameters()
+    assert p["bt_types"] == ["desadv", "po"] and p["bt_ids"] == [["D-1"], ["PO-1", "PO-2"]]
+
+
+def test_the_path_fixes_a_parameter_the_query_may_not_repeat():
+    q, _, _ = parse("", {"MATCH_anyEPC": "https://id.gs1.org/01/09520123456788/21/12345"})
+    assert q.matches["any_epc"][1] == ["serial:09520123456788:12345"]
+    with pytest.raises(api.QueryProblem):
+        parse("MATCH_anyEPC=x", {"MATCH_anyEPC": "y"})
+
+
+@pytest.mark.parametrize("query", [
+    "EQ_nonsense=1", "GE_eventTime=yesterday", "GE_eventTime=2026-01-05T08:00:00", "LT_recordTime=2026-01-05T08:00:00Z&LT_recordTime=2026-01-06T08:00:00Z",
+    "perPage=0", "perPage=1001", "perPage=ten", "perPage=-1", "EQ_action=MOVE", "eventType=FooEvent", "EQ_bizStep=",
+    "EQ_bizStep=a,,b", "nextPageToken=", "EQ_bizTransaction_=x", "orderBy=eventTime"])
+def test_bad_parameters_are_query_parameter_problems(query):
+    with pytest.raises(api.QueryProblem) as caught:
+        parse(query)
+    problem = caught.value.as_dict()
+    assert problem["type"] == "epcisException:QueryParameterException" and problem["status"] == 400 and problem["detail"]
+
+
+KEY = b"k" * 32
+
+
+@given(after=st.text(max_size=200), query=st.text(max_size=40))
+def test_a_token_round_trips(after, query):
+    tokens = api.PageTokens(KEY)
+    token, expires = tokens.encode(after, query, now_s=1000)
+    assert expires == 1000 + api.TOKEN_TTL_S
+    assert tokens.decode(token, query, now_s=1000) == after
+
+
+def test_a_token_is_bound_to_its_query_its_key_and_its_lifetime():
+    tokens = api.PageTokens(KEY, ttl_s=60)
+    token, _ = tokens.encode("ev-9", "q1", now_s=1000)
+    for bad, now in [(token, 1061), (token[:-2] + ("AA" if not token.endswith("AA") else "BB"), 1000),
+                     ("x" + token, 1000), ("garbage", 1000), ("a.b.c", 1000), ("%%%.%%%", 1000)]:
+        with pytest.raises(api.QueryProblem):
+            tokens.decode(bad, "q1", now_s=now)
+    with pytest.raises(api.QueryProblem):
+        tokens.decode(token, "q2", now_s=1000)
+    with pytest.raises(api.QueryProblem):
+        api.PageTokens(b"o" * 32).decode(token, "q1", now_s=1000)
+
+
+def test_an_edited_cursor_is_refused():
+    import base64
+    import json
+    tokens = api.PageTokens(KEY)
+    token, _ = tokens.encode("ev-1", "q", now_s=0)
+    body = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
+    body["a"] = "ev-0"
+    forged = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).rstrip(b"=").decode() + "." + token.split(".")[1]
+    with pytest.raises(api.QueryProblem):
+        tokens.decode(forged, "q", now_s=0)
+
+
+def test_the_fingerprint_ignores_order_and_paging():
+    assert api.fingerprint([("a", "1"), ("b", "2"), ("perPage", "5")]) == api.fingerprint([("b", "2"), ("a", "1"), ("nextPageToken", "t")])
+    assert api.fingerprint([("a", "1")]) != api.fingerprint([("a", "2")])
+
+
+def test_the_key_file_is_made_once_and_private(tmp_path):
+    key = api.load_key(tmp_path / "auth" / "page-token.key")
+    assert len(key) == 32 and api.load_key(tmp_path / "auth" / "page-token.key") == key
+    assert (tmp_path / "auth" / "page-token.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_query_document_is_the_standards_shape():
+    doc = api.query_document([{"type": "ObjectEvent"}], now_ms=0)
+    assert doc["type"] == "EPCISQueryDocument" and doc["schemaVersion"] == "2.0" and doc["creationDate"] == "1970-01-01T00:00:00.000Z"
+    assert doc["epcisBody"]["queryResults"]["resultsBody"]["eventList"] == [{"type": "ObjectEvent"}]
+
+
+def test_capture_jobs_are_kept_across_a_restart_and_bounded(tmp_path):
+    jobs = api.CaptureJobs(tmp_path / "jobs.db", keep=2)
+    ids = [api.CaptureJobs.new_id() for _ in range(3)]
+    assert len(set(ids)) == 3 and all(re.fullmatch(r"\d{8}T\d{6}-[0-9a-f]{12}", i) for i in ids)
+    jobs.record(ids[0], 1, [])
+    jobs.record(ids[1], 2, [{"reason": "x:1#eventList[0]: eventTime: missing", "event_id": "e1"}])
+    jobs.close()
+    again = api.CaptureJobs(tmp_path / "jobs.db", keep=2)
+    assert again.get(ids[0])["success"] is True and again.get(ids[0])["createdAt"] == "1970-01-01T00:00:00.001Z"
+    failed = again.get(ids[1])
+    assert failed["success"] is False and failed["errors"][0]["eventID"] == "e1" and not failed["running"]
+    again.record(ids[2], 3, [])
+    assert again.get(ids[0]) is None and again.get(ids[2]) is not None and again.get("nope") is None
