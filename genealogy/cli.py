@@ -380,17 +380,25 @@ def ingest(files: Annotated[list[str], typer.Argument(help="Files, or - for stan
         signal.signal(signal.SIGTERM, lambda *a: stop.set())
         lines = sys.stdin.buffer if files[0] == "-" else follow_file(files[0], stop)
         console.print(f"bridging {files[0]} ({format}) -> {s.kafka_bootstrap}; Ctrl-C to stop")
-        totals = run_bridge(s, lines, format, Path(files[0]).name, spool, stop,
-                            cfx_context=CfxContext(unit_item=unit_item, qualify_positions=qualify_positions),
-                            on_chunk=lambda r, f: console.print(f"  {r.counts['events']} events, {r.counts['rejects']} rejects, "
-                                                                f"spool backlog {f.backlog()['rows']}"))
+        context = CfxContext(unit_item=unit_item, qualify_positions=qualify_positions).restore(spool.feed_state("cfx"))
+
+        def chunk_done(r, f) -> None:
+            if format == "cfx":
+                spool.save_feed_state("cfx", context.state())
+            console.print(f"  {r.counts['events']} events, {r.counts['rejects']} rejects, spool backlog {f.backlog()['rows']}")
+
+        totals = run_bridge(s, lines, format, Path(files[0]).name, spool, stop, cfx_context=context, on_chunk=chunk_done)
         out.print_json(data=totals) if as_json else console.print(f"stopped: {totals}")
         return
-    context = CfxContext(unit_item=unit_item, qualify_positions=qualify_positions)
+    # Open CFX work transactions and kitted carriers of earlier runs: a gateway restart inside a
+    # transaction, or a feed cut into files, maps as one feed would.
+    context = CfxContext(unit_item=unit_item, qualify_positions=qualify_positions).restore(spool.feed_state("cfx"))
     summary = {"files": [], "rejects": 0, "remaining_in_spool": 0, "quarantined_in_spool": 0}
     for name in files:
         # Streamed: memory stays bounded whatever the file's size (producers.ingest.publish_path).
         report = publish_path(s, name, format, spool, cfx_context=context if format == "cfx" else None, timeout=timeout)
+        if format == "cfx":
+            spool.save_feed_state("cfx", context.state())
         summary["files"].append({"file": name, **report["counts"], "reasons": report["reasons"]})
         summary["rejects"] += report["counts"]["rejects"]
         summary["remaining_in_spool"] = report["remaining"]

@@ -91,9 +91,11 @@ Field by field, SDK -> here:
 * ``StationStateChanged``: numeric ``NewState`` (SEMI E10) written by name, e.g. 1100 ->
   "PRD_RegularWork"; reason = ``RelatedFault.FaultCode`` or ``Cause``.
 * ``UnitsDisqualified``: ``Reason`` and ``Comments`` -> the scrap reason.
-* Not mapped yet: MaterialsUninstalled (rework: needs retractions). A WorkCompleted without Units, or
-  a WorkStageCompleted, needs its WorkStarted in the same feed (the mapping keeps transactions in
-  memory only).
+* Not mapped yet: MaterialsUninstalled (rework: a component taken out needs an as-built genealogy
+  over time). A WorkCompleted without Units, or a WorkStageCompleted, needs its WorkStarted earlier
+  in the feed: ``genealogy ingest`` and the bridge keep the open transactions (and kitted carriers)
+  in the spool between runs (``CfxContext.state``), so a gateway restart inside a transaction
+  loses nothing.
 * CFX has no operator on these messages: operator is null.
 """
 
@@ -120,14 +122,34 @@ RESOURCE_STATES = {
 }
 
 
+# Open work transactions a context keeps: a WorkStarted whose WorkCompleted never comes must not
+# grow it for ever; the oldest go first.
+MAX_OPEN_TRANSACTIONS = 50_000
+
+
 @dataclass
 class CfxContext:
-    """Per-feed settings and what earlier messages said that later ones refer to by id only."""
+    """Per-feed settings and what earlier messages said that later ones refer to by id only. ``state``
+    and ``restore`` carry the latter across an ingest or bridge restart (kept in the spool)."""
     unit_item: str = "UNKNOWN"
     qualify_positions: bool = False
     transactions: dict[str, dict] = field(default_factory=dict)                     # TransactionID -> WorkStarted body
     carriers: dict[str, dict[str, dict]] = field(default_factory=dict)              # carrier id -> package id -> material ref
     carrier_slots: dict[tuple[str, str], str] = field(default_factory=dict)         # (station, carrier id) -> slot
+
+    def state(self) -> str:
+        while len(self.transactions) > MAX_OPEN_TRANSACTIONS:
+            self.transactions.pop(next(iter(self.transactions)))
+        return json.dumps({"transactions": self.transactions, "carriers": self.carriers,
+                           "carrier_slots": [[station, carrier, slot] for (station, carrier), slot in self.carrier_slots.items()]})
+
+    def restore(self, state: str | None) -> "CfxContext":
+        if state:
+            saved = json.loads(state)
+            self.transactions = saved["transactions"]
+            self.carriers = saved["carriers"]
+            self.carrier_slots = {(station, carrier): slot for station, carrier, slot in saved["carrier_slots"]}
+        return self
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,9 @@ CREATE TABLE IF NOT EXISTS spool (
 );
 -- Producer progress (e.g. "appended up to batch n"), written in the same transaction as the rows.
 CREATE TABLE IF NOT EXISTS marks (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- What a mapper remembers between messages (the CFX work transactions still open), so an ingest or
+-- bridge that restarts goes on where it stopped. JSON text.
+CREATE TABLE IF NOT EXISTS feed_state (name TEXT PRIMARY KEY, state TEXT NOT NULL);
 -- Rows the broker refused for good (too large, invalid), moved out of the spool's way so that the
 -- rows behind them go on; kept with the reason, for an operator to look at or re-send.
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -120,6 +123,16 @@ class Spool:
             self._db.execute("COMMIT")
 
     # --- producer side --------------------------------------------------------------
+
+    def feed_state(self, name: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT state FROM feed_state WHERE name = ?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def save_feed_state(self, name: str, state: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO feed_state (name, state) VALUES (?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET state = excluded.state", (name, state))
 
     def append(self, key: bytes | None, value: bytes, topic: str | None = None) -> int:
         """Store one message; it is on disk when this returns. Returns its id."""

@@ -3,8 +3,8 @@ running stack: reels received with their supplier lots (MaterialsInitialized, so
 are loaded and some long after), loaded and changed on two stations and two slots (a change exactly
 at a completion instant), panels (one placer's units are positions of a panel), work orders from
 WorkStarted's WorkOrderIdentifier, malformed lines, and a
-gateway restart between loads and their unloads (two ingest runs), dual lanes and placement stages
-(WorkStarted.Lane, WorkStageCompleted).
+gateway restart between loads and their unloads and inside open work transactions (two ingest runs),
+dual lanes and placement stages (WorkStarted.Lane, WorkStageCompleted).
 
 The recall of each supplier lot and of each reel, and the trace of sample boards, must equal a
 brute-force reference computed from the generated truth.
@@ -106,17 +106,22 @@ def reference_recall(truth: dict, supplier_lot: str | None = None, reel: str | N
 
 
 def split_for_a_gateway_restart(lines: list[str]) -> tuple[list[str], list[str]]:
-    """Two files, as a gateway restarted mid-shift writes them: the cut is where no work transaction is
-    open (a WorkCompleted without its units needs its WorkStarted in the same run), and the second file
-    unloads reels the first one loaded."""
+    """Two files, as a gateway restarted mid-shift writes them: cut inside open work transactions (the
+    second file completes, with WorkStageCompleted and WorkCompleted that name no units, work the first
+    one started), and the second file unloads reels the first one loaded."""
     names = [json.loads(line).get("MessageName") if line.startswith("{\"") else None for line in lines]
     open_tx, cuts = set(), []
     for i, line in enumerate(lines):
         if names[i] in ("CFX.Production.WorkStarted", "CFX.Production.WorkCompleted"):
             open_tx ^= {json.loads(line)["MessageBody"]["TransactionID"]}
-            if not open_tx and i >= len(lines) // 2:
+            if open_tx and i >= len(lines) // 2:
                 cuts.append(i + 1)
     cut = cuts[0]
+    started = {json.loads(line)["MessageBody"]["TransactionID"] for line, n in zip(lines[:cut], names[:cut])
+               if n == "CFX.Production.WorkStarted"}
+    completed_later = {json.loads(line)["MessageBody"]["TransactionID"] for line, n in zip(lines[cut:], names[cut:])
+                       if n == "CFX.Production.WorkCompleted"}
+    assert started & completed_later  # a transaction spans the restart
     loaded_before = {m["MaterialPackage"]["UniqueIdentifier"] for line, n in zip(lines[:cut], names[:cut])
                      if n == "CFX.Materials.Storage.MaterialsLoaded" for m in json.loads(line)["MessageBody"]["Materials"]}
     unloaded_after = {p for line, n in zip(lines[cut:], names[cut:]) if n == "CFX.Materials.Storage.MaterialsUnloaded"

@@ -226,3 +226,37 @@ def test_a_kitted_carrier_loads_its_packages_where_it_is_put_and_unloads_them_wi
                 origin="u", context=ctx)
     [unload] = of_kind(r.events, "MaterialUnloaded")
     assert (node(unload["material"]), unload["slot"]) == (reel, load["slot"])
+
+
+def test_open_transactions_survive_a_restart_through_the_spool(tmp_path):
+    """WorkStarted before a gateway restart, WorkStageCompleted and WorkCompleted (no Units) after it: the
+    context kept in the spool between the runs resolves them as one feed would."""
+    from genealogy.producers.spool import Spool
+
+    with Spool(tmp_path / "s.db") as spool:
+        before = CfxContext(qualify_positions=True, unit_item="BRD").restore(spool.feed_state("cfx"))
+        map_cfx(envelope("CFX.Production.WorkStarted", body("CFX.Production.WorkStarted")), origin="s", context=before)
+        spool.save_feed_state("cfx", before.state())
+    with Spool(tmp_path / "s.db") as spool:  # another process, later
+        after = CfxContext(qualify_positions=True, unit_item="BRD").restore(spool.feed_state("cfx"))
+    stage = map_cfx(envelope("CFX.Production.WorkStageCompleted", body("CFX.Production.WorkStageCompleted")), origin="g",
+                    context=after)
+    done = map_cfx(envelope("CFX.Production.WorkCompleted", body("CFX.Production.WorkCompleted")), origin="c", context=after)
+    assert not stage.rejects and not done.rejects
+    units = ["CARRIER5566#1", "CARRIER5566#2"]
+    assert [e["unit"]["ident"] for e in of_kind(done.events, "UnitCompleted")] == units
+    assert [e["unit"]["ident"] for e in of_kind(stage.events, "UnitRouted")] == units
+    # Without the kept context, the same messages cannot be resolved.
+    assert map_cfx(envelope("CFX.Production.WorkCompleted", body("CFX.Production.WorkCompleted")), origin="c",
+                   context=CfxContext(qualify_positions=True)).rejects
+
+
+def test_a_context_keeps_a_bounded_number_of_open_transactions(monkeypatch):
+    from genealogy.producers import cfx
+
+    monkeypatch.setattr(cfx, "MAX_OPEN_TRANSACTIONS", 3)
+    ctx = CfxContext()
+    for k in range(5):
+        map_cfx(envelope("CFX.Production.WorkStarted", {**body("CFX.Production.WorkStarted"), "TransactionID": f"tx{k}"}),
+                origin="s", context=ctx)
+    assert list(json.loads(ctx.state())["transactions"]) == ["tx2", "tx3", "tx4"]
