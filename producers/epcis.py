@@ -86,6 +86,7 @@ from urllib.parse import unquote, urlsplit
 
 from genealogy.domain import ids
 from genealogy.domain.derive import ASSOCIATION_CONTENTS, ASSOCIATION_PARENTS, RETRACTABLE
+from genealogy.domain.epcis_event import text as _text
 from genealogy.producers.epcis_hash import HashUnavailable, event_hashes
 from genealogy.producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
 
@@ -393,13 +394,6 @@ def _ilmd_lot(raw: dict) -> str:
     return ""
 
 
-def _text(value: Any) -> str:
-    """A JSON or JSON-LD scalar as text: {"@id": x} and {"@value": x} unwrap; None -> ""."""
-    if isinstance(value, dict):
-        value = value.get("@id", value.get("@value"))
-    return str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
-
-
 def _term(value: Any) -> str:
     """A CBV / EPCIS vocabulary term without its namespace: 'urn:epcglobal:cbv:bizstep:shipping',
     'https://ref.gs1.org/cbv/BizStep-shipping', 'cbv:BizStep-shipping' and 'shipping' are all 'shipping'."""
@@ -418,7 +412,7 @@ def _declared(raw: dict, hashed: str | HashUnavailable | None) -> MapResult:
     if not isinstance(corrective, list) or not all(isinstance(c, str) and c.strip() for c in corrective):
         raise Bad("errorDeclaration.correctiveEventIDs: expected a list of event ids")
     original = {k: v for k, v in raw.items() if k != "errorDeclaration"}
-    event_id = _text(raw.get("eventID")) or (hashed if isinstance(hashed, str) else content_id(original))
+    event_id = event_id_of(original, hashed)
     mapped = _map_event(original, event_id)
     contributed = [(k, e) for k, e in mapped.events if k in RETRACTABLE]
     out = MapResult(untraceable=mapped.untraceable)

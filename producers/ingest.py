@@ -358,9 +358,7 @@ class Ingestor:
             identities: dict[int, str] = {}
             mapped = epcis.map_epcis(item, origin=item_where, identities=identities)
             context = value.data.get("@context") if item is not value.data and isinstance(value.data, dict) else None
-            # From the payload, serialised before mapping: the CBV hash's JSON-LD expansion rewrites the raw
-            # event it is given in place (e.g. bizTransaction type "po" -> "https://ref.gs1.org/cbv/BTT-po").
-            kept = not mapped.rejects and self._keep_epcis(json.loads(payload), identities.get(id(item)), context)
+            kept = not mapped.rejects and self._keep_epcis(item, identities.get(id(item)), context)
             self._mapped(mapped, value, item, payload, kept)
 
     def _keep_epcis(self, item: Any, event_id: str | None, context: Any = None) -> bool:

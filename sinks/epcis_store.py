@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 
 from genealogy.domain import epcis_event
+from genealogy.sinks.writer import epoch_ms
 
 COLUMNS = ["event_id", "event_type", "event_time", "record_time", "action", "biz_step", "disposition", "read_point",
            "biz_location", "epcs", "epcs_norm", "parent_id", "parent_id_norm", "input_epcs", "input_epcs_norm",
            "output_epcs", "output_epcs_norm", "any_epcs", "any_epcs_norm", "epc_classes", "epc_classes_norm",
            "biz_transactions", "sensor_elements", "event_json"]
 TIMES = ("event_time", "record_time")
-MAX_MS = 7_258_118_400_000  # 2200-01-01, as sinks.writer
 
 
 class BadEpcisMessage(ValueError):
@@ -36,5 +36,5 @@ def row(key: bytes | None, value: bytes | None) -> list:
         raise BadEpcisMessage(f"not an EPCIS event: {exc}") from None
     columns.update(event_id=event_id, event_json=text)
     for name in TIMES:
-        columns[name] = columns[name] if 0 <= columns[name] < MAX_MS else 0
+        [columns[name]] = epoch_ms([columns[name]])
     return [columns[name] for name in COLUMNS]

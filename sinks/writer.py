@@ -70,12 +70,15 @@ class Writer:
 
     def _without_retracted(self, table: str, columns: Mapping[str, list]) -> Mapping[str, list]:
         edges, units, unpacks = self.retracted()
-        gone, keys = {"edges": (edges, lambda: columns["edge_id"]),
-                      "units": (units, lambda: list(zip(columns["unit"], columns["event_id"]))),
-                      "unpacked": (unpacks, lambda: list(zip(columns["parent"], columns["child"], columns["source_event"])))}[table]
+        gone = {"edges": edges, "units": units, "unpacked": unpacks}[table]
         if not gone:
             return columns
-        keys = keys()
+        if table == "edges":
+            keys = columns["edge_id"]
+        elif table == "units":
+            keys = list(zip(columns["unit"], columns["event_id"]))
+        else:
+            keys = list(zip(columns["parent"], columns["child"], columns["source_event"]))
         keep = [i for i, key in enumerate(keys) if key not in gone]
         if len(keep) == len(keys):
             return columns

@@ -12,6 +12,7 @@ import json
 
 import pytest
 
+from genealogy.domain.ids import gs1_check_digit
 from genealogy.producers.epcis import map_epcis
 from tests.support import reference
 from tests.support.stack import ServiceClient, cli, sql, start_stack, wait_drained
@@ -21,14 +22,9 @@ pytestmark = pytest.mark.integration
 PACKING, DOCK = "urn:epc:id:sgln:9521141.00000.1", "urn:epc:id:sgln:9521141.00000.2"
 
 
-def check_digit(body: str) -> str:
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return str((10 - total % 10) % 10)
-
-
 def sscc(n: int) -> str:
     body = f"09521141{n:09d}"
-    return f"https://id.gs1.org/00/{body}{check_digit(body)}"
+    return f"https://id.gs1.org/00/{body}{gs1_check_digit(body)}"
 
 
 def base(eid: str, minute: int, step: str, where: str) -> dict:

@@ -13,6 +13,7 @@ import pytest
 
 from genealogy import schemas
 from genealogy.domain.derive import derive
+from genealogy.domain.ids import gs1_check_digit
 from genealogy.producers.epcis import map_epcis
 from genealogy.producers.mapping import by_station
 from genealogy.settings import Settings
@@ -23,14 +24,8 @@ from tests.support import reference
 
 NOW = 2_000_000_000_000
 TABLES = ["edges", "edges_by_parent", "units", "lot_members", "units_by_station", "nodes", "station_facts", "corrections"]
-def check_digit(body: str) -> str:
-    """GS1 mod-10: weights 3 and 1 from the right."""
-    total = sum(int(d) * (3 if i % 2 == 0 else 1) for i, d in enumerate(reversed(body)))
-    return str((10 - total % 10) % 10)
-
-
 GTIN = "09521141000014"  # of urn:epc:id:sgtin:9521141.000001.*
-SSCC_A, SSCC_B = ("0952114100000000" + n + check_digit("0952114100000000" + n) for n in "12")
+SSCC_A, SSCC_B = ("0952114100000000" + n + gs1_check_digit("0952114100000000" + n) for n in "12")
 PACKING = "urn:epc:id:sgln:9521141.00000.1"
 
 
