@@ -251,6 +251,10 @@ def _print_recall(body: dict) -> None:
         out.print("widened by lot nodes on the path: " + ", ".join(f"{k} (+{v:,})" for k, v in body["widened_by"].items()))
     if body["shipments"]:
         out.print("shipments: " + ", ".join(body["shipments"][:20]) + (" ..." if len(body["shipments"]) > 20 else ""))
+    for x in body.get("reworked", [])[:20]:
+        held = "holds none of it since" if x["cleared"] else "still holds some of it after"
+        out.print(f"reworked: {x['unit']} gave back {x['quantity']:g} of {x['component']} ({x['reason']}); "
+                  f"{held} {_iso(x['removed_ms'])}")
 
 
 @app.command()
@@ -268,7 +272,8 @@ def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:i
 
     def add(branch, components):
         for c in components:
-            add(branch.add(f"{c['node']}  [dim]{c['relation']} at {c['station']} {_iso(c['event_ms'])}[/]"), c["components"])
+            removed = f", [yellow]taken out {_iso(c['removed_ms'])}[/]" if c.get("removed_ms") else ""
+            add(branch.add(f"{c['node']}  [dim]{c['relation']} at {c['station']} {_iso(c['event_ms'])}[/]{removed}"), c["components"])
 
     add(tree, body["components"])
     out.print(tree)
@@ -282,7 +287,7 @@ def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:i
 def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bind values with {name:Type}")],
         param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="name=value for {name:Type}")] = None,
         data_dir: DataDir = None, as_json: Json = False) -> None:
-    """Analyst SQL: one SELECT over the pipeline's tables (edges, edges_by_parent, units, lot_members, units_by_station, nodes, station_facts, capture_batches, dead_letters, reprocessed, corrections, unpacked, and the *_final views); capped, read-only."""
+    """Analyst SQL: one SELECT over the pipeline's tables (edges, edges_by_parent, units, lot_members, units_by_station, nodes, station_facts, capture_batches, dead_letters, reprocessed, corrections, unpacked, removals, and the *_final views); capped, read-only."""
     s = _settings(data_dir)
     client = _client(s, as_json)
     params = dict(p.split("=", 1) for p in (param or []))

@@ -26,6 +26,8 @@ Production.Processing.UnitsProcessed               UnitCompleted per UnitProcess
 Production.Assembly.MaterialsInstalled             ComponentInstalled per InstalledMaterials[] or per
                                                    InstalledComponents[] with an InstalledUnitIdentifier;
                                                    UnitRouted (stage) per InstalledComponents[].Stage
+Production.Assembly.MaterialsUninstalled           ComponentRemoved per UninstalledMaterials[] or per
+                                                   UninstalledComponents[] with an InstalledUnitIdentifier
 Production.TestAndInspection.UnitsInspected        UnitTested per InspectedUnits[] (InspectedUnit)
 Production.TestAndInspection.UnitsTested           UnitTested per TestedUnits[] (TestedUnit)
 Production.UnitsDisqualified                       UnitScrapped per Units[]
@@ -91,8 +93,15 @@ Field by field, SDK -> here:
 * ``StationStateChanged``: numeric ``NewState`` (SEMI E10) written by name, e.g. 1100 ->
   "PRD_RegularWork"; reason = ``RelatedFault.FaultCode`` or ``Cause``.
 * ``UnitsDisqualified``: ``Reason`` and ``Comments`` -> the scrap reason.
-* Not mapped yet: MaterialsUninstalled (rework: a component taken out needs an as-built genealogy
-  over time). A WorkCompleted without Units, or a WorkStageCompleted, needs its WorkStarted earlier
+* ``UninstalledMaterial`` (MaterialsUninstalled, rework): the same shape as InstalledMaterial, its
+  ``UninstalledComponents`` being InstalledComponents. A component with ``InstalledUnitIdentifier``
+  is the sub-assembly serial taken out (quantity 1); otherwise the entry takes ``QuantityUninstalled``
+  (else the number of UninstalledComponents) parts of its ``Material`` package out of the unit.
+  ``Reason`` (UninstalledReason) is kept; ``InstallationTime`` and ``ReferenceDesignator`` are not.
+  ``TransactionId`` is not needed: the entry names its unit. What a removal changes in recall is
+  the stream's and the store's business (genealogy.domain.recall.holding): a unit holds a component
+  until as much was taken out as was put in.
+* A WorkCompleted without Units, or a WorkStageCompleted, needs its WorkStarted earlier
   in the feed: ``genealogy ingest`` and the bridge keep the open transactions (and kitted carriers)
   in the spool between runs (``CfxContext.state``), so a gateway restart inside a transaction
   loses nothing.
@@ -450,6 +459,33 @@ def _installed(msg: _Msg, out: MapResult) -> None:
     _each(msg, out, "InstalledMaterials", entries, build)
 
 
+def _uninstalled(msg: _Msg, out: MapResult) -> None:
+    """One ComponentRemoved per sub-assembly taken out that has a serial; else one for the parts of the
+    package the entry took out."""
+    entries = msg.body.get("UninstalledMaterials")
+    idents = _unit_idents(entries, "UninstalledMaterials", msg.ctx)
+
+    def build(i: int, where: str, m: dict) -> list[Event]:
+        unit = _unit(m, idents[i], where, msg)
+        reason = _opt(m, "Reason") or "Other"
+        components = [c for c in (m.get("UninstalledComponents") or []) if isinstance(c, dict)]
+        serials = [(k, _opt(c, "InstalledUnitIdentifier")) for k, c in enumerate(components) if _opt(c, "InstalledUnitIdentifier")]
+        if serials:
+            item = _opt(m.get("Material"), "InternalPartNumber")
+            if not item:
+                raise Bad(f"{where}.Material.InternalPartNumber: missing, so the removed sub-assemblies' part number is unknown")
+            return [event("ComponentRemoved", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms, station=msg.station,
+                          unit=unit, component=ref(node("serial", item, serial, f"{where}.UninstalledComponents[{k}].InstalledUnitIdentifier")),
+                          quantity=1.0, reason=reason, operator=None) for k, serial in serials]
+        component = _package(m.get("Material"), f"{where}.Material")
+        quantity = m.get("QuantityUninstalled") or len(components)
+        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
+            raise Bad(f"{where}.QuantityUninstalled: {quantity!r} is not a positive number, and no UninstalledComponents say how many")
+        return [event("ComponentRemoved", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
+                      unit=unit, component=component, quantity=float(quantity), reason=reason, operator=None)]
+    _each(msg, out, "UninstalledMaterials", entries, build)
+
+
 def _installed_stages(msg: _Msg, m: dict, unit: dict, where: str) -> list[Event]:
     """The stages the entry's components were placed at (InstalledComponent.Stage), once each."""
     stages = {}
@@ -498,6 +534,7 @@ HANDLERS = {
     "CFX.Production.Processing.UnitsProcessed": lambda msg, out: _completed(msg, out, finished=False),
     "CFX.Production.UnitsProcessed": lambda msg, out: _completed(msg, out, finished=False),  # short form of the name
     "CFX.Production.Assembly.MaterialsInstalled": _installed,
+    "CFX.Production.Assembly.MaterialsUninstalled": _uninstalled,
     "CFX.Production.UnitsDisqualified": _disqualified,
     "CFX.ResourcePerformance.StationStateChanged": _state,
     "CFX.Heartbeat": _heartbeat,

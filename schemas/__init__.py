@@ -33,15 +33,17 @@ _FILES = {CAPTURE: "capture_batch.avsc", EDGES: "edge_batch.avsc", DEAD_LETTER: 
           DERIVED: "derived_columns.avsc"}
 # Fixed ids for the repository's own registry. Never reuse or renumber an id:
 # a new version of a schema gets a new id, so old messages stay readable.
-LOCAL_IDS = {CAPTURE: 12, EDGES: 2, DEAD_LETTER: 3, DERIVED: 10}
+LOCAL_IDS = {CAPTURE: 13, EDGES: 2, DEAD_LETTER: 3, DERIVED: 14}
 # Earlier versions, read but no longer written: id -> (schema, file). Capture v1 (id 1) had no
 # MaterialIdentified or UnitTested; v2 (id 5) appended them to the event union, v3 (id 6) UnitRouted,
 # v4 (id 7) EventRetracted, v5 (id 9) Unpacked, v6 (id 11) Associated, v7: an EventRetracted may
-# carry an Associated or an Unpacked (a declared DELETE).
-# DerivedColumns v1 (id 4) had no retractions group, v2 (id 8) no unpacked group.
+# carry an Associated or an Unpacked (a declared DELETE), v8 (id 13) ComponentRemoved.
+# DerivedColumns v1 (id 4) had no retractions group, v2 (id 8) no unpacked group, v3 (id 10) no removals.
 PAST_IDS = {1: (CAPTURE, "capture_batch.v1.avsc"), 5: (CAPTURE, "capture_batch.v2.avsc"), 6: (CAPTURE, "capture_batch.v3.avsc"),
             7: (CAPTURE, "capture_batch.v4.avsc"), 9: (CAPTURE, "capture_batch.v5.avsc"), 11: (CAPTURE, "capture_batch.v6.avsc"),
-            4: (DERIVED, "derived_columns.v1.avsc"), 8: (DERIVED, "derived_columns.v2.avsc")}
+            12: (CAPTURE, "capture_batch.v7.avsc"),
+            4: (DERIVED, "derived_columns.v1.avsc"), 8: (DERIVED, "derived_columns.v2.avsc"),
+            10: (DERIVED, "derived_columns.v3.avsc")}
 
 _HEADER = struct.Struct(">bI")
 

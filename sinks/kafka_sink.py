@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Table <- group of a DERIVED message.
 # Corrections first: the writer then leaves out rows they retract that arrive in the same flush.
 DERIVED_TABLES = {"retractions": "corrections", "units": "units", "edges": "edges", "facts": "station_facts",
-                  "unpacked": "unpacked"}
+                  "unpacked": "unpacked", "removals": "removals"}
 
 
 def ts(ms: int) -> datetime:

@@ -68,6 +68,22 @@ WHERE child IN {nodes:Array(String)} AND relation IN ('packed', 'associated')
 UNPACKINGS_SQL = """
 SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM unpacked WHERE parent IN {containers:Array(String)}
 """
+# Rework (genealogy.domain.recall.holding): every edge up from the nodes, one row per edge however
+# often it was delivered (quantities add up), and the removals out of units.
+EDGES_UP_SQL = """
+SELECT child, parent, any(relation), min(toUnixTimestamp64Milli(event_time)), any(quantity)
+FROM edges WHERE child IN {nodes:Array(String)}
+GROUP BY child, parent, edge_id
+"""
+REMOVALS_SQL = """
+SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time), quantity, reason, source_event FROM removals
+WHERE parent IN {units:Array(String)}
+"""
+REMOVALS_OF_SQL = """
+SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time), quantity, reason, source_event FROM removals
+WHERE child IN {nodes:Array(String)}
+"""
+REMOVED_COMPONENTS_SQL = "SELECT DISTINCT child FROM removals"
 PRODUCTION_LOTS_SQL = "SELECT unit, any(production_lot) FROM units WHERE unit IN {units:Array(String)} GROUP BY unit"
 LOT_MEMBERS_SQL = "SELECT DISTINCT production_lot, unit FROM lot_members WHERE production_lot IN {lots:Array(String)}"
 UNITS_AT_SQL = """

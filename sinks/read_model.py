@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
+from genealogy.domain.recall import SHIP_MAX
 from genealogy.sinks import queries as q
 from genealogy.sinks.connection import Connection, DatabaseError, error_code
 
@@ -84,6 +85,23 @@ class ReadModel:
 
     def unpackings(self, containers: Iterable[str]) -> list[tuple[str, str, int]]:
         return self.rows(q.UNPACKINGS_SQL, containers=sorted(set(containers)))
+
+    def edges_up(self, nodes: Iterable[str]) -> list[tuple[str, str, str, int, float]]:
+        nodes = sorted(set(nodes))
+        return self.rows(q.EDGES_UP_SQL, nodes=nodes) if nodes else []
+
+    def removals(self, units: Iterable[str]) -> list[tuple[str, str, int, float, str]]:
+        units = sorted(set(units))
+        return [r[:5] for r in self.rows(q.REMOVALS_SQL, units=units)] if units else []
+
+    def removed_among(self, nodes: Iterable[str]) -> list[tuple[str, str, int, float, str]]:
+        """Removals of any of the nodes. A long list is not shipped: the components ever removed are
+        few (rework is rare), so they are fetched and matched here instead."""
+        nodes = sorted(set(nodes))
+        if len(nodes) > SHIP_MAX:
+            wanted = set(nodes)
+            nodes = [c for (c,) in self.rows(q.REMOVED_COMPONENTS_SQL) if c in wanted]
+        return [r[:5] for r in self.rows(q.REMOVALS_OF_SQL, nodes=nodes)] if nodes else []
 
     def children(self, nodes: Iterable[str]) -> list[tuple[str, str, str, int, str]]:
         nodes = list(nodes)

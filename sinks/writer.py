@@ -24,6 +24,8 @@ FROM_DERIVED = {
                     "corrective": "corrective", "declared_at": "event_ms", "station": "station"},
     "unpacked": {"child": "child", "parent": "parent", "event_time": "event_ms", "station": "station",
                  "source_event": "source_event"},
+    "removals": {"child": "child", "parent": "parent", "quantity": "quantity", "reason": "reason", "event_time": "event_ms",
+                 "station": "station", "source_event": "source_event"},
 }
 EDGE_COLUMNS = list(FROM_DERIVED["edges"])
 UNIT_COLUMNS = list(FROM_DERIVED["units"])

@@ -50,6 +50,7 @@ class Derived:
     facts: list[dict] = field(default_factory=list)
     retractions: list[dict] = field(default_factory=list)  # what error declarations take back (``retractions``)
     unpacked: list[dict] = field(default_factory=list)     # contents taken out of containers: packed edges end
+    removals: list[dict] = field(default_factory=list)     # parts taken out of units at rework (``removals``)
     rejected: list[Rejected] = field(default_factory=list)
     pending: dict[str, int] = field(default_factory=dict)  # station -> completions waiting for the watermark
     max_ms: dict[str, int] = field(default_factory=dict)   # station -> newest event time
@@ -186,6 +187,17 @@ def unpackings(e: dict) -> list[dict]:
              "source_event": e["event_id"]} for c in (contents or [""])]
 
 
+def removal(e: dict) -> dict:
+    """A ComponentRemoved: a removal row; whether it ends what the unit holds is decided against what
+    was installed (genealogy.domain.recall.holding), which the stream does not keep."""
+    unit = node_of(e["unit"], "unit", ("serial",))
+    component = node_of(e["component"], "component", ("serial", "lot", "class"))
+    if not e["quantity"] > 0:
+        raise Invalid(f"quantity {e['quantity']} must be positive")
+    return {"child": component, "parent": unit, "quantity": float(e["quantity"]), "reason": e["reason"],
+            "event_ms": e["event_ms"], "station": e["station"], "source_event": e["event_id"]}
+
+
 def retractions(e: dict) -> list[dict]:
     """An EventRetracted: the edges and unit completions its retracted event contributed, recomputed from
     the same content (so the same deterministic edge ids), each with the declaration. The join is not
@@ -266,6 +278,8 @@ def derive(batch: dict, states: MutableMapping[str, dict], grace_ms: int, retent
                 out.unpacked.extend(unpackings(e))
             elif kind == "genealogy.EventRetracted":
                 out.retractions.extend(retractions(e))
+            elif kind == "genealogy.ComponentRemoved":
+                out.removals.append(removal(e))
             elif kind in ("genealogy.UnitScrapped", "genealogy.UnitTested", "genealogy.UnitRouted",
                           "genealogy.MachineStateChanged"):
                 out.facts.append(station_fact(kind, e))

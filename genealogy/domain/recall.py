@@ -42,6 +42,17 @@ class Packing(Graph, Protocol):
     def unpackings(self, containers: list[str]) -> list[tuple[str, str, int]]: ...  # (child or "" = all, container, at)
 
 
+class Rework(Packing, Protocol):
+    """Optional: a graph that knows what was taken out of units at rework (genealogy.sinks.read_model.ReadModel)."""
+    def removals(self, units: list[str]) -> list[tuple[str, str, int, float, str]]: ...     # (child, unit, at, quantity, reason)
+    def removed_among(self, nodes: list[str]) -> list[tuple[str, str, int, float, str]]: ...  # the same, by child
+    def edges_up(self, nodes: list[str]) -> list[tuple[str, str, str, int, float]]: ...    # (child, parent, relation, at, quantity)
+
+
+def _rework(graph: Graph) -> Rework | None:
+    return graph if callable(getattr(graph, "removed_among", None)) else None  # type: ignore[return-value]
+
+
 def _packing(graph: Graph) -> Packing | None:
     return graph if callable(getattr(graph, "unpackings", None)) else None  # type: ignore[return-value]
 
@@ -98,6 +109,9 @@ class Recall:
     # AssociationEvent): the machine, returnable asset or room to check, as containers are for packing.
     assets: list[str] = field(default_factory=list)
     locations: list[str] = field(default_factory=list)
+    # Parts of the target (or of what contains it) taken out of reached units at rework: each with
+    # ``cleared`` when the unit held none of that component any more from then on.
+    reworked: list[dict] = field(default_factory=list)
 
     @property
     def lot_scope_count(self) -> int:
@@ -116,6 +130,7 @@ class Recall:
             "business_transactions": self.transactions,
             "assets": self.assets,
             "locations": self.locations,
+            "reworked": self.reworked,
             "widened_by": self.widened_by,
             "levels": self.levels,
         }
@@ -261,6 +276,95 @@ def containment(graph: Packing, starts: list[str], max_levels: int = 64) -> dict
     return {n: spans for n, spans in held.items() if n not in starts}
 
 
+# Relations whose edge says a unit (or lot) was made with the child: held for good, unless taken out.
+MADE_WITH = ("consumed", "installed", "transformed", "supplied")
+
+
+def pair_spans(installs: list[tuple[int, float, bool]], removals: list[tuple[int, float]], single: bool = False) -> Intervals:
+    """When a unit held a component, from the installations (at, quantity, counted) and the removals
+    (at, quantity) of that component into and out of it.
+
+    The first installation holds from the start of time, as every genealogy edge does: its time is the
+    unit's completion, which clocks on other systems (packing, shipping) need not agree with. A hold
+    ends at the removal that takes out as much as was put in, and only if every installation counted
+    its parts: a temporal-join edge ("consumed": the reel was on the slot) does not say how many parts
+    went in, so no removal clears it. A serial (``single``) is one part however often it was joined.
+    Installing again after a clearing removal holds anew, from that installation."""
+    spans: Intervals = []
+    lo, net, counted_all, held = -INF, 0.0, True, False
+    events = sorted([(at, 0, q, counted) for at, q, counted in installs] + [(at, 1, q, True) for at, q in removals])
+    for at, is_removal, quantity, counted in events:
+        if not is_removal:
+            if not held:
+                lo, net, counted_all, held = (at if spans else -INF), 0.0, True, True
+            net = 1.0 if single else net + quantity
+            counted_all = counted_all and (counted or single)
+        elif held:
+            net -= quantity
+            if counted_all and net <= 1e-9:
+                spans.append((lo, at))
+                held = False
+    if held:
+        spans.append((lo, INF))
+    return spans
+
+
+def _pair_spans(graph: Rework, units: list[str]) -> dict[tuple[str, str], Intervals]:
+    """pair_spans of every (component, unit) pair with a removal, for these units."""
+    removed: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+    for child, unit, at, quantity, _ in graph.removals(units):
+        removed[(child, unit)].append((at, quantity))
+    installs: dict[tuple[str, str], list[tuple[int, float, bool]]] = defaultdict(list)
+    for child, parent, relation, at, quantity in graph.edges_up(sorted({c for c, _ in removed})):
+        if (child, parent) in removed and relation in MADE_WITH:
+            installs[(child, parent)].append((at, quantity, relation == "installed"))
+    return {pair: pair_spans(installs[pair], rem, ids.kind_of(pair[0]) == "serial") for pair, rem in removed.items()}
+
+
+def holding(graph: Rework, starts: list[str], within: set[str], max_levels: int = 64) -> dict[str, Intervals]:
+    """containment() through everything, not only containers: when each node of ``within`` held any of
+    the starts, once units can give parts back (rework). Made-with edges hold as pair_spans says;
+    packings and associations as in containment(); a shipment carries what it shipped held then."""
+    held: dict[str, Intervals] = {s: [(-INF, INF)] for s in starts}
+    frontier = sorted(set(starts))
+    for _ in range(max_levels):
+        if not frontier:
+            break
+        rows = [r for r in graph.edges_up(frontier) if r[1] in within and ids.kind_of(r[1]) != "transaction"]
+        holders = sorted({p for _, p, rel, *_ in rows if rel not in MADE_WITH})
+        ends: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for child, container, at in graph.unpackings(holders) if holders else []:
+            ends[(child, container)].append(at)
+        removed: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+        units = sorted({p for _, p, rel, *_ in rows if rel in MADE_WITH and ids.kind_of(p) == "serial"})
+        for child, unit, at, quantity, _ in graph.removals(units) if units else []:
+            removed[(child, unit)].append((at, quantity))
+        installs: dict[tuple[str, str], list[tuple[int, float, bool]]] = defaultdict(list)
+        adds: dict[str, Intervals] = defaultdict(list)
+        for child, parent, relation, at, quantity in rows:
+            if relation in MADE_WITH:
+                installs[(child, parent)].append((at, quantity, relation == "installed"))
+            elif ids.kind_of(parent) == "shipment":
+                adds[parent] += [(at, INF)] if any(lo <= at < hi for lo, hi in held[child]) else []
+            else:
+                end = min((t for t in ends[(child, parent)] + ends[("", parent)] if t > at), default=INF)
+                adds[parent] += [(max(lo, at), min(hi, end)) for lo, hi in held[child] if max(lo, at) < min(hi, end)]
+        for (child, parent), inst in installs.items():
+            adds[parent] += _intersect(held[child], pair_spans(inst, removed.get((child, parent), []), ids.kind_of(child) == "serial"))
+        grown: set[str] = set()
+        for node_id, spans in adds.items():
+            merged = _merge(held.get(node_id, []) + spans)
+            if spans and merged != held.get(node_id, []):
+                held[node_id] = merged
+                grown.add(node_id)
+        frontier = sorted(grown)
+    return {n: spans for n, spans in held.items() if n not in starts}
+
+
+def _intersect(a: Intervals, b: Intervals) -> Intervals:
+    return [(max(lo1, lo2), min(hi1, hi2)) for lo1, hi1 in a for lo2, hi2 in b if max(lo1, lo2) < min(hi1, hi2)]
+
+
 def _merge(spans: Intervals) -> Intervals:
     out: Intervals = []
     for lo, hi in sorted(spans):
@@ -271,25 +375,42 @@ def _merge(spans: Intervals) -> Intervals:
     return out
 
 
-def _held(graph: Graph, target: str, reached: set[str]) -> set[str] | None:
-    """The containers, shipments and business transactions of the reached, with time: None when no
-    reached container was ever unpacked (then everything packed stayed packed, and reach is exact)."""
+def _held(graph: Graph, target: str, reached: set[str], removed: list[tuple]) -> set[str] | None:
+    """What of the reached held the target, with time: None when nothing reached was ever unpacked or
+    reworked (then everything packed stayed packed, and reach is exact). Without rework, only the
+    containers, shipments and business transactions are decided here; with it, everything."""
     packing = _packing(graph)
     packed = sorted(n for n in reached if ids.kind_of(n) in HOLDERS)
+    rework = _rework(graph)
+    if rework is not None and removed:
+        held = set(holding(rework, [target], reached | {target}))
+        members = [target] + sorted(held)
+        return held | {p for _, p in graph.parents(members) if ids.kind_of(p) == "transaction"}
     if packing is None or not packed or not packing.unpackings(packed):
         return None
     things = [target] + sorted(n for n in reached if ids.kind_of(n) not in HOLDERS + ("transaction",))
     held = {n for n in containment(packing, things) if ids.kind_of(n) in HOLDERS}
     members = things + sorted(held)
-    return held | {p for _, p in graph.parents(members) if ids.kind_of(p) == "transaction"}
+    return reached - {n for n in reached if ids.kind_of(n) in HOLDERS + ("transaction",)} | held | {
+        p for _, p in graph.parents(members) if ids.kind_of(p) == "transaction"}
+
+
+def _reworked(graph: Graph, target: str, reached: set[str]) -> list[tuple]:
+    """Removals of the target, or of anything reached, out of a reached unit."""
+    rework = _rework(graph)
+    if rework is None or ids.kind_of(target) not in ids.KINDS:  # a process window's units keep the station's work
+        return []
+    candidates = sorted(n for n in reached | {target} if ids.kind_of(n) in ("serial", "lot", "class"))
+    return [r for r in rework.removed_among(candidates) if r[1] in reached]
 
 
 def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope: dict[str, int], since_ms, until_ms,
            known_lots: dict[str, str] | None = None) -> Recall:
     """known_lots: unit -> production lot, already looked up for (at least) every unit reached."""
-    held = _held(graph, target, reached)
+    removed = _reworked(graph, target, reached)
+    held = _held(graph, target, reached, removed)
     if held is not None:
-        reached = {n for n in reached if ids.kind_of(n) not in HOLDERS + ("transaction",)} | held
+        reached = held
     by_kind: dict[str, list[str]] = {k: [] for k in ids.KINDS}
     for node_id in sorted(reached):
         by_kind[ids.kind_of(node_id)].append(node_id)
@@ -301,7 +422,22 @@ def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope:
     lots = sorted(set(by_kind["lot"]) | set(unit_lots.values()))
     return Recall(target, since_ms, until_ms, units, lots, by_kind["container"], by_kind["shipment"],
                   lot_scope, levels, _widening_lots(graph, by_kind["lot"]), by_kind["transaction"],
-                  by_kind["asset"], by_kind["location"])
+                  by_kind["asset"], by_kind["location"], _rework_rows(graph, removed))
+
+
+def _rework_rows(graph: Graph, removed: list[tuple]) -> list[dict]:
+    """The removals, each with whether the unit held none of that component from then on."""
+    rework = _rework(graph)
+    if rework is None or not removed:
+        return []
+    ends = _pair_spans(rework, sorted({unit for _, unit, *_ in removed}))
+    out = []
+    for child, unit, at, quantity, reason in sorted(removed, key=lambda r: (r[1], r[2], r[0])):
+        spans = ends.get((child, unit), [])
+        out.append({"unit": unit, "component": child, "removed_ms": at, "quantity": quantity, "reason": reason,
+                    "cleared": any(hi == at for _, hi in spans)})
+    return out
+
 
 
 def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:
@@ -319,7 +455,7 @@ def _widening_lots(graph: Graph, lot_nodes: list[str]) -> dict[str, int]:
 def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
     """Backward, as built: the unit's components, theirs, down to supplier lots; and where the unit
     was packed (containment: each container and shipment with from/to, ``now``: those still open)."""
-    packing = _packing(graph)
+    packing, rework = _packing(graph), _rework(graph)
     where = containment(packing, [unit]) if packing is not None else {}
     if (server := _traversals(graph)) is not None:
         graph = _Backward(server, unit, max_depth)  # type: ignore[assignment]
@@ -331,6 +467,7 @@ def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
             tree.setdefault(parent, []).append({"node": child, "relation": relation, "event_ms": event_ms, "station": station})
             seen.add(child)
     depth = len(levels)
+    removed = _removed_in(rework, tree, seen) if rework is not None else []
 
     def build(node_id: str, path: frozenset) -> list[dict]:
         return [{**c, "components": build(c["node"], path | {c["node"]}) if c["node"] not in path else []}
@@ -342,7 +479,26 @@ def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
             "node_count": len(seen) - 1,
             "containment": [{"node": n, "from_ms": int(lo), "to_ms": None if hi == INF else int(hi)}
                             for n, spans in sorted(where.items(), key=lambda kv: (kv[1][0][0], kv[0])) for lo, hi in spans],
-            "now": sorted(n for n, spans in where.items() if spans[-1][1] == INF)}
+            "now": sorted(n for n, spans in where.items() if spans[-1][1] == INF),
+            "removed": removed}
+
+
+def _removed_in(graph: Rework, tree: dict[str, list[dict]], seen: set[str]) -> list[dict]:
+    """Rework in a trace: every removal out of the unit or its sub-assemblies; a component the unit
+    (or sub-assembly) no longer holds gets ``removed_ms`` in the tree."""
+    serials = sorted(n for n in seen if ids.kind_of(n) == "serial")
+    rows = graph.removals(serials) if serials else []
+    if not rows:
+        return []
+    spans = _pair_spans(graph, sorted({unit for _, unit, *_ in rows}))
+    for parent, entries in tree.items():
+        for entry in entries:
+            ends = spans.get((entry["node"], parent))
+            if ends is not None and (not ends or ends[-1][1] != INF):
+                entry["removed_ms"] = int(ends[-1][1]) if ends else None
+    return [{"unit": unit, "component": child, "removed_ms": at, "quantity": quantity, "reason": reason,
+             "cleared": any(hi == at for _, hi in spans.get((child, unit), []))}
+            for child, unit, at, quantity, reason in sorted(rows, key=lambda r: (r[1], r[2], r[0]))]
 
 
 def _children_by_level(graph: Graph, unit: str, max_depth: int) -> list[list[tuple[str, str, str, int, str]]]:

@@ -143,6 +143,19 @@ CREATE TABLE IF NOT EXISTS unpacked (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (parent, child, event_time, source_event);
 
+-- Parts taken out of units at rework (CFX MaterialsUninstalled), by unit: a consumed or installed
+-- edge child -> parent holds until as much was removed as was put in (genealogy.domain.recall.holding).
+CREATE TABLE IF NOT EXISTS removals (
+    child        String,
+    parent       String,
+    quantity     Float64,
+    reason       LowCardinality(String),
+    event_time   DateTime64(3, 'UTC'),
+    station      LowCardinality(String),
+    source_event String
+) ENGINE = ReplacingMergeTree
+ORDER BY (parent, child, event_time, source_event);
+
 CREATE TABLE IF NOT EXISTS dead_letters (
     dead_letter_id String,
     stage          LowCardinality(String),

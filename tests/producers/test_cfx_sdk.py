@@ -260,3 +260,31 @@ def test_a_context_keeps_a_bounded_number_of_open_transactions(monkeypatch):
         map_cfx(envelope("CFX.Production.WorkStarted", {**body("CFX.Production.WorkStarted"), "TransactionID": f"tx{k}"}),
                 origin="s", context=ctx)
     assert list(json.loads(ctx.state())["transactions"]) == ["tx2", "tx3", "tx4"]
+
+
+def test_materials_uninstalled_takes_the_parts_out_of_each_unit():
+    """The SDK's MaterialsUninstalled example: 3 parts of reel MAT4566556456 out of each of the panel's two boards."""
+    r = map_cfx(envelope("CFX.Production.Assembly.MaterialsUninstalled", body("CFX.Production.Assembly.MaterialsUninstalled")),
+                origin="m", context=CfxContext(qualify_positions=True, unit_item="BRD"))
+    removed = of_kind(r.events, "ComponentRemoved")
+    assert [(node(e["unit"]), node(e["component"]), e["quantity"], e["reason"]) for e in removed] == [
+        ("serial:BRD:PANEL23423432#1", "lot:IPN47788:MAT4566556456", 3.0, "DefectiveMaterial"),
+        ("serial:BRD:PANEL23423432#2", "lot:IPN47788:MAT4566556456", 3.0, "DefectiveMaterial")]
+    out = derive({"batch_id": "b", "source": STATION, "sent_ms": 0, "events": r.events}, {}, 10_000, 3_600_000)
+    assert [(x["child"], x["parent"], x["quantity"]) for x in out.removals] == [
+        ("lot:IPN47788:MAT4566556456", "serial:BRD:PANEL23423432#1", 3.0),
+        ("lot:IPN47788:MAT4566556456", "serial:BRD:PANEL23423432#2", 3.0)]
+    assert not out.rejected
+
+
+def test_an_uninstalled_sub_assembly_with_a_unit_identifier_is_its_serial():
+    """UninstalledComponents are CFX.Structures.InstalledComponent: one with InstalledUnitIdentifier (2.1) names
+    the sub-assembly taken out (no SDK example sets it: set on the MaterialsUninstalled one)."""
+    message = copy.deepcopy(body("CFX.Production.Assembly.MaterialsUninstalled"))
+    message["UninstalledMaterials"][0]["UninstalledComponents"][0]["InstalledUnitIdentifier"] = "MOD-77"
+    message["UninstalledMaterials"][1]["QuantityUninstalled"] = 0
+    message["UninstalledMaterials"][1]["UninstalledComponents"] = []
+    r = map_cfx(envelope("CFX.Production.Assembly.MaterialsUninstalled", message), origin="m",
+                context=CfxContext(qualify_positions=True, unit_item="BRD"))
+    assert [(node(e["component"]), e["quantity"]) for e in of_kind(r.events, "ComponentRemoved")] == [("serial:IPN47788:MOD-77", 1.0)]
+    assert len(r.rejects) == 1 and "QuantityUninstalled" in r.rejects[0].reason

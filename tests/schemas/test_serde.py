@@ -68,7 +68,7 @@ def test_capture_written_before_v2_stays_readable():
 
 def test_capture_written_before_associated_stays_readable():
     """Capture v3 (id 6, before Associated) is what the broker and capture_batches hold until this version:
-    it still decodes, to the same record. New capture (id 12) carries Associated; v3 could not."""
+    it still decodes, to the same record. New capture (id 13) carries Associated; v3 could not."""
     import io
     import json
 
@@ -76,7 +76,7 @@ def test_capture_written_before_associated_stays_readable():
 
     v3 = fastavro.parse_schema(json.loads((Path(schemas.__file__).parent / "capture_batch.v3.avsc").read_text()))
     serde = schemas.local_serde()
-    assert schemas.PAST_IDS[6] == (schemas.CAPTURE, "capture_batch.v3.avsc") and schemas.LOCAL_IDS[schemas.CAPTURE] == 12
+    assert schemas.PAST_IDS[6] == (schemas.CAPTURE, "capture_batch.v3.avsc") and schemas.LOCAL_IDS[schemas.CAPTURE] == 13
     routed = {"batch_id": "b", "source": "AOI-1", "sent_ms": 1, "events": [("genealogy.UnitRouted", {
         "event_id": "e", "event_ms": 1_800_000_000_000, "station": "AOI-1", "unit": {"kind": "serial", "item": "BRD", "ident": "U1"},
         "route": "lane", "name": "2", "note": "WorkStarted.Lane"})]}
@@ -91,7 +91,7 @@ def test_capture_written_before_associated_stays_readable():
         "parent": {"kind": "asset", "item": "grai", "ident": "04012345555554987"},
         "contents": [{"kind": "asset", "item": "giai", "ident": "400000112345"}], "operator": None})]}
     data = serde.encode(schemas.CAPTURE, associated)
-    assert int.from_bytes(data[1:5], "big") == 12
+    assert int.from_bytes(data[1:5], "big") == 13
     assert serde.decode(data) == (schemas.CAPTURE, associated)
     with pytest.raises(ValueError):  # the v3 writer has no Associated record
         fastavro.schemaless_writer(io.BytesIO(), v3, associated)

@@ -81,7 +81,7 @@ def test_columns_round_trip_through_avro(derived):
     for batch_id, out in derived[:20]:
         for message in derived_messages(batch_id, out, rows=7):
             data = serde.encode(schemas.DERIVED, message)
-            assert int.from_bytes(data[1:5], "big") == schemas.LOCAL_IDS[schemas.DERIVED] == 10
+            assert int.from_bytes(data[1:5], "big") == schemas.LOCAL_IDS[schemas.DERIVED] == 14
             assert serde.decode(data) == (schemas.DERIVED, message)
         chunks = list(derived_messages(batch_id, out, rows=7))
         assert [e for m in chunks for e in m["edges"]["edge_id"]] == [e["edge_id"] for e in out.edges]

@@ -56,9 +56,14 @@ def completions(lots: dict[str, str], seed: int) -> dict[str, tuple[str, int, st
 
 
 class MemGraph:
-    def __init__(self, edges, lots, done=None, unpacks=()):
+    def __init__(self, edges, lots, done=None, unpacks=(), removes=None, quantities=None):
         self.edges, self.lots = edges, lots
         self.unpacks = list(unpacks)  # (child or "" = everything, container, at)
+        self.quantities = dict(quantities or {})  # (child, parent, at) -> quantity of that edge (else 1)
+        if removes is not None:  # (child, unit, at, quantity, reason): answers genealogy.domain.recall.Rework
+            self.removes = list(removes)
+            self.removals = lambda units: sorted(r for r in self.removes if r[1] in set(units))
+            self.removed_among = lambda nodes: sorted(r for r in self.removes if r[0] in set(nodes))
         self.done = done or {}
         self.members = defaultdict(list)
         for unit, lot in lots.items():
@@ -90,6 +95,10 @@ class MemGraph:
     def packed_into(self, nodes):
         nodes = set(nodes)
         return sorted({(c, p, t) for c, p, rel, t, _ in self.edges if c in nodes and rel in ("packed", "associated")})
+
+    def edges_up(self, nodes):
+        nodes = set(nodes)
+        return sorted((c, p, rel, t, self.quantities.get((c, p, t), 1.0)) for c, p, rel, t, _ in self.edges if c in nodes)
 
     def unpackings(self, containers):
         containers = set(containers)

@@ -165,3 +165,59 @@ def held_over_time(events: list[tuple[str, dict]]) -> dict[str, set[str]]:
         for n in everything:
             held[n].update(above(n))
     return held
+
+
+def held_with_rework(target: str, made: list[tuple], packs: list[tuple], unpacks: list[tuple], removes: list[tuple]) -> set[str]:
+    """Everything that ever held the target, by looking at the whole state at every instant where it can
+    change. made: (child, parent, relation, at, quantity) genealogy edges; packs: (child, container or
+    shipment, at); unpacks: (child or "" = everything, container, at); removes: (child, unit, at, quantity).
+
+    A made-with pair holds from the start of time until a removal takes out as much as its installations
+    put in, each of which counted its parts ("installed", or a serial child: one part); installed again
+    after that, it holds from then. A packing holds from its time until the next unpacking of that child
+    (or of everything). A shipment carries what the shipped thing held at the shipping instant."""
+    inf = float("inf")
+    times = sorted({-inf} | {e[3] for e in made} | {e[2] for e in packs} | {e[2] for e in unpacks} | {e[2] for e in removes})
+
+    def pair_holds(child: str, parent: str, t: float) -> bool:
+        events = sorted([(m[3], 0, m[4], m[2] == "installed" or child.startswith("serial:")) for m in made
+                         if (m[0], m[1]) == (child, parent)] + [(r[2], 1, r[3], True) for r in removes if (r[0], r[1]) == (child, parent)])
+        if not any(kind == 0 for _, kind, _, _ in events):
+            return False
+        state, cleared_once = None, False  # state: None = not held, else [net, all counted]
+        for at, kind, quantity, counted in events:
+            if at > t:
+                break
+            if kind == 0:
+                state = state or [0.0, True]
+                state[0] = 1.0 if child.startswith("serial:") else state[0] + quantity
+                state[1] = state[1] and counted
+            elif state is not None:
+                state[0] -= quantity
+                if state[1] and state[0] <= 1e-9:
+                    state, cleared_once = None, True
+        # before the first clearing the pair holds from the start of time, installed yet or not
+        return state is not None or not cleared_once
+
+    reach_at: dict[float, set[str]] = {}
+    ever: set[str] = set()
+    for t in times:
+        active = [(c, p) for c, p in {(m[0], m[1]) for m in made} if pair_holds(c, p, t)]
+        for c, container, at in packs:
+            if container.startswith("shipment:") or at > t:
+                continue
+            if not any(at < u <= t and container == k and (child in ("", c)) for child, k, u in unpacks):
+                active.append((c, container))
+        reach, stack = {target}, [target]
+        while stack:
+            n = stack.pop()
+            for c, p in active:
+                if c == n and p not in reach:
+                    reach.add(p)
+                    stack.append(p)
+        for c, shipment, at in packs:
+            if shipment.startswith("shipment:") and at <= t and c in (reach if at == t else reach_at[at]):
+                reach.add(shipment)
+        reach_at[t] = reach
+        ever |= reach
+    return ever - {target}
