@@ -43,8 +43,12 @@ EPCISQueryDocument) or a single event and returns a ``MapResult``:
   transaction: the event's objects (an aggregation's or association's parent and children, a transformation's
   outputs, the EPCs and classes of an object or transaction event, its parentID) belong to
   ``transaction:<type>:<id>`` (type = the CBV short name, po, desadv, inv, ...), so a recall
-  lists the orders and despatch advices its units and shipments were part of. Unlinking
-  (action DELETE) is noted, not applied yet. The objects may be assets, locations and parties
+  lists the orders and despatch advices its units and shipments were part of. A TransactionEvent
+  DELETE unlinks (the standard: a TransactionEvent declares "in an unequivocal way that certain
+  objects have been associated or disassociated", while other events' bizTransactionList is context):
+  an ``Unpacked`` of those objects out of each transaction, no objects = all of them, so the link
+  holds from its time to the unlinking, like a packing. Another event's DELETE with a
+  bizTransactionList is noted. The objects may be assets, locations and parties
   (GS1's healthcare TransactionEvent links a patient's GSRN to a GDTI document).
 
 An event re-sent with an ``errorDeclaration`` (EPCIS 2.0 §7.4.1.4: the original event, with the
@@ -164,12 +168,14 @@ def _map_event(raw: Any, hashed: str | HashUnavailable | None = None) -> MapResu
 def _transaction_links(raw: dict, etype: str, event_id: str, common: dict, out: MapResult) -> list[Event]:
     """bizTransactionList on any event: each transaction -> a TransactionLinked of the event's objects
     (an aggregation's parent and children, a transformation's outputs, an object or transaction
-    event's EPCs and classes, a transaction event's parent). Unlinking (action DELETE) is noted."""
+    event's EPCs and classes, a transaction event's parent). A TransactionEvent DELETE unlinks them
+    (``Unpacked`` out of the transaction); another event's DELETE is noted."""
     entries = [e for e in raw.get("bizTransactionList") or [] if isinstance(e, dict) and _text(e.get("bizTransaction"))]
     if not entries:
         return []
-    if str(raw.get("action") or "").upper() == "DELETE":
-        out.skip(f"{etype} DELETE {event_id}: unlinking from a business transaction has no capture event yet")
+    unlink = str(raw.get("action") or "").upper() == "DELETE"
+    if unlink and etype != "TransactionEvent":
+        out.skip(f"{etype} DELETE {event_id}: its bizTransactionList is context; only a TransactionEvent unlinks")
         return []
     if etype == "TransformationEvent":
         members = [n for _, n, _ in _nodes(raw, "outputEPCList", "outputQuantityList", out)]
@@ -179,12 +185,16 @@ def _transaction_links(raw: dict, etype: str, event_id: str, common: dict, out: 
         members = [n for _, n, _ in _nodes(raw, "epcList", "quantityList", out)]
     if _text(raw.get("parentID")):
         members.insert(0, _node(raw.get("parentID"), "parentID", out))
-    if not members:
+    if not members and not unlink:
         return []
     links = []
     for i, e in enumerate(entries):
         kind = _term(e.get("type")) or "unspecified"
         transaction = node("transaction", kind, _text(e["bizTransaction"]), f"bizTransactionList[{i}]")
+        if unlink:  # no members: everything linked to the transaction
+            links.append(event("Unpacked", event_id=f"{event_id}#bt{i}", **common, container=ref(transaction),
+                               contents=[ref(n) for n in dict.fromkeys(members)], operator=None))
+            continue
         links.append(event("TransactionLinked", event_id=f"{event_id}#bt{i}", **common, transaction=ref(transaction),
                            members=[ref(n) for n in dict.fromkeys(members)], operator=None))
     return links

@@ -63,7 +63,7 @@ GROUP BY parent, child ORDER BY parent, child
 # Containment over time (genealogy.domain.recall.containment): when things were packed, and unpacked.
 PACKED_INTO_SQL = """
 SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM edges
-WHERE child IN {nodes:Array(String)} AND relation IN ('packed', 'associated')
+WHERE child IN {nodes:Array(String)} AND relation IN ('packed', 'associated', 'transacted')
 """
 UNPACKINGS_SQL = """
 SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM unpacked WHERE parent IN {containers:Array(String)}

@@ -180,9 +180,11 @@ RETRACTABLE = ("genealogy.LotTransformed", "genealogy.Packed", "genealogy.Transa
 
 
 def unpackings(e: dict) -> list[dict]:
-    """An Unpacked: one row per content taken out (child "" when everything was)."""
-    container = node_of(e["container"], "container", HOLDERS)
-    contents = [node_of(r, f"contents[{i}]", ASSOCIATION_CONTENTS) for i, r in enumerate(e["contents"])]
+    """An Unpacked: one row per content taken out (child "" when everything was); out of a transaction:
+    unlinked from it (EPCIS TransactionEvent DELETE)."""
+    container = node_of(e["container"], "container", HOLDERS + ("transaction",))
+    allowed = TRANSACTION_MEMBERS if e["container"]["kind"] == "transaction" else ASSOCIATION_CONTENTS
+    contents = [node_of(r, f"contents[{i}]", allowed) for i, r in enumerate(e["contents"])]
     return [{"child": c, "parent": container, "event_ms": e["event_ms"], "station": e["station"],
              "source_event": e["event_id"]} for c in (contents or [""])]
 

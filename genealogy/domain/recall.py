@@ -242,16 +242,18 @@ def process_window(graph: Graph, station: str, since_ms: int, until_ms: int, ope
 
 INF = float("inf")
 # Kinds that hold things for a time, packed or associated: their intervals are what containment walks.
-HOLDERS = ("container", "shipment", "asset", "location")
+HOLDERS = ("container", "shipment", "asset", "location", "transaction")
 Intervals = list[tuple[float, float]]
 
 
 def containment(graph: Packing, starts: list[str], max_levels: int = 64) -> dict[str, Intervals]:
-    """When each container and shipment held any of the starts: container -> [from, to) intervals.
+    """When each container, shipment and business transaction held any of the starts: holder -> [from, to)
+    intervals.
 
-    A packed or associated edge child -> container holds from its time to the first unpacking (or end
-    of the association) of that child, or of everything in the container, after it; nested, the intervals intersect. A shipment carries what its
-    container held at the shipping instant, from then on. Starts are held for all time."""
+    A packed, associated or transacted edge child -> holder holds from its time to the first unpacking
+    (end of the association, unlinking from the transaction) of that child, or of everything in the
+    holder, after it; nested, the intervals intersect. A shipment carries what its container held at
+    the shipping instant, from then on. Starts are held for all time."""
     held: dict[str, Intervals] = {s: [(-INF, INF)] for s in starts}
     frontier = sorted(set(starts))
     for _ in range(max_levels):
@@ -330,7 +332,7 @@ def holding(graph: Rework, starts: list[str], within: set[str], max_levels: int 
     for _ in range(max_levels):
         if not frontier:
             break
-        rows = [r for r in graph.edges_up(frontier) if r[1] in within and ids.kind_of(r[1]) != "transaction"]
+        rows = [r for r in graph.edges_up(frontier) if r[1] in within]
         holders = sorted({p for _, p, rel, *_ in rows if rel not in MADE_WITH})
         ends: dict[tuple[str, str], list[int]] = defaultdict(list)
         for child, container, at in graph.unpackings(holders) if holders else []:
@@ -383,16 +385,12 @@ def _held(graph: Graph, target: str, reached: set[str], removed: list[tuple]) ->
     packed = sorted(n for n in reached if ids.kind_of(n) in HOLDERS)
     rework = _rework(graph)
     if rework is not None and removed:
-        held = set(holding(rework, [target], reached | {target}))
-        members = [target] + sorted(held)
-        return held | {p for _, p in graph.parents(members) if ids.kind_of(p) == "transaction"}
+        return set(holding(rework, [target], reached | {target}))
     if packing is None or not packed or not packing.unpackings(packed):
         return None
-    things = [target] + sorted(n for n in reached if ids.kind_of(n) not in HOLDERS + ("transaction",))
+    things = [target] + sorted(n for n in reached if ids.kind_of(n) not in HOLDERS)
     held = {n for n in containment(packing, things) if ids.kind_of(n) in HOLDERS}
-    members = things + sorted(held)
-    return reached - {n for n in reached if ids.kind_of(n) in HOLDERS + ("transaction",)} | held | {
-        p for _, p in graph.parents(members) if ids.kind_of(p) == "transaction"}
+    return reached - {n for n in reached if ids.kind_of(n) in HOLDERS} | held
 
 
 def _reworked(graph: Graph, target: str, reached: set[str]) -> list[tuple]:
@@ -456,7 +454,8 @@ def trace(graph: Graph, unit: str, max_depth: int = 64) -> dict:
     """Backward, as built: the unit's components, theirs, down to supplier lots; and where the unit
     was packed (containment: each container and shipment with from/to, ``now``: those still open)."""
     packing, rework = _packing(graph), _rework(graph)
-    where = containment(packing, [unit]) if packing is not None else {}
+    where = {n: spans for n, spans in (containment(packing, [unit]) if packing is not None else {}).items()
+             if ids.kind_of(n) != "transaction"}  # where it was: places, not orders
     if (server := _traversals(graph)) is not None:
         graph = _Backward(server, unit, max_depth)  # type: ignore[assignment]
     levels = _children_by_level(graph, unit, max_depth)

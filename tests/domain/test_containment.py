@@ -24,6 +24,7 @@ def scenario(seed: int, n_units: int, n_events: int):
     cartons = [f"container:sscc:C{i}" for i in range(3)]
     pallets = [f"container:sscc:P{i}" for i in range(2)]
     shipments = [f"shipment:shipment:S{i}" for i in range(3)]
+    orders = [f"transaction:po:PO{i}" for i in range(2)]  # linked and unlinked (TransactionEvent ADD / DELETE)
     edges, unpacks, log = [], [], []
     for k in range(n_events):
         t = T0 + 1_000 * (k + 1)
@@ -33,16 +34,19 @@ def scenario(seed: int, n_units: int, n_events: int):
         elif roll < 0.5:
             child, parent = rng.choice(cartons), rng.choice(pallets)
         elif roll < 0.75:
-            child, parent = rng.choice(units + cartons), rng.choice(cartons + pallets)
+            child, parent = rng.choice(units + cartons), rng.choice(cartons + pallets + orders)
             child = rng.choice(["", child]) if rng.random() < 0.3 else child
             if child != parent:
                 unpacks.append((child, parent, t))
                 log.append(("del", child, parent, t))
             continue
+        elif roll < 0.85:
+            child, parent = rng.choice(cartons + pallets + units), rng.choice(orders)
         else:
             child, parent = rng.choice(cartons + pallets + units), rng.choice(shipments)
-        if child != parent:  # an association (EPCIS AssociationEvent) holds and ends like a packing
-            relation = "packed" if parent.startswith("shipment:") or rng.random() < 0.7 else "associated"
+        if child != parent:  # an association (EPCIS AssociationEvent) or a transaction link holds and ends like a packing
+            relation = "transacted" if parent.startswith("transaction:") else \
+                "packed" if parent.startswith("shipment:") or rng.random() < 0.7 else "associated"
             edges.append((child, parent, relation, t, "ST"))
             log.append(("add", child, parent, t))
     return units, edges, unpacks, log
@@ -92,3 +96,15 @@ def test_a_carton_shipped_after_the_unit_left_it_is_not_in_the_units_recall():
     assert [(c["node"], c["from_ms"], c["to_ms"]) for c in t["containment"]] == [
         ("container:sscc:A", T0 + 1_000, T0 + 2_000), ("container:sscc:B", T0 + 3_000, None), ("shipment:shipment:S2", T0 + 6_000, None)]
     assert t["now"] == ["container:sscc:B", "shipment:shipment:S2"]
+
+
+def test_an_order_unlinked_before_the_unit_went_into_its_carton_is_not_in_the_units_recall():
+    """Carton A is allocated to order PO-1, unallocated (TransactionEvent DELETE), then unit U is packed
+    into it and A is allocated to PO-2."""
+    edges = [("lot:C:BAD", "serial:P:U", "consumed", T0, "ST"),
+             ("container:sscc:A", "transaction:po:PO-1", "transacted", T0 + 1_000, "ERP"),
+             ("serial:P:U", "container:sscc:A", "packed", T0 + 3_000, "PK"),
+             ("container:sscc:A", "transaction:po:PO-2", "transacted", T0 + 4_000, "ERP")]
+    unlinked = MemGraph(edges, {}, unpacks=[("container:sscc:A", "transaction:po:PO-1", T0 + 2_000)])
+    assert recall.recall(unlinked, "lot:C:BAD").transactions == ["transaction:po:PO-2"]
+    assert recall.recall(MemGraph(edges, {}), "lot:C:BAD").transactions == ["transaction:po:PO-1", "transaction:po:PO-2"]

@@ -294,3 +294,25 @@ def test_mapped_events_fit_the_avro_contract(plant, line):
         batch = {"batch_id": f"avro-{n}", "source": station, "sent_ms": 0, "events": group}
         name, decoded = serde.decode(serde.encode(schemas.CAPTURE, batch), expect=schemas.CAPTURE)
         assert decoded == batch
+
+
+def test_a_transaction_event_delete_unlinks_its_objects_and_no_objects_unlinks_all():
+    """EPCIS: a TransactionEvent declares objects associated with or disassociated from business transactions;
+    another event's bizTransactionList is context, so its DELETE unlinks nothing."""
+    from genealogy.producers.epcis import map_epcis
+
+    def doc(*events):
+        return {"@context": ["https://ref.gs1.org/standards/epcis/2.0.0/epcis-context.jsonld"], "type": "EPCISDocument",
+                "schemaVersion": "2.0", "creationDate": "2026-11-30T10:00:00Z", "epcisBody": {"eventList": list(events)}}
+    po = [{"type": "po", "bizTransaction": "urn:epcglobal:cbv:bt:0614141073467:PO-9"}]
+    base = {"eventTime": "2026-11-30T08:00:00Z", "eventTimeZoneOffset": "+00:00", "readPoint": {"id": "urn:epc:id:sgln:9521141.00000.1"}}
+    some = {"type": "TransactionEvent", **base, "eventID": "urn:uuid:1", "action": "DELETE", "bizTransactionList": po,
+            "epcList": ["urn:epc:id:sgtin:9521141.000001.X1"]}
+    every = {"type": "TransactionEvent", **base, "eventID": "urn:uuid:2", "action": "DELETE", "bizTransactionList": po, "epcList": []}
+    context = {"type": "ObjectEvent", **base, "eventID": "urn:uuid:3", "action": "DELETE", "bizTransactionList": po,
+               "epcList": ["urn:epc:id:sgtin:9521141.000001.X1"]}
+    r = map_epcis(doc(some, every, context), origin="t")
+    unlinked = [(e["container"]["ident"], [c["ident"] for c in e["contents"]]) for k, e in r.events if k == "genealogy.Unpacked"]
+    assert unlinked == [("urn:epcglobal:cbv:bt:0614141073467:PO-9", ["X1"]), ("urn:epcglobal:cbv:bt:0614141073467:PO-9", [])]
+    assert not [k for k, _ in r.events if k == "genealogy.TransactionLinked"]
+    assert any("only a TransactionEvent unlinks" in note for note in r.notes)

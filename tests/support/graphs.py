@@ -94,7 +94,7 @@ class MemGraph:
 
     def packed_into(self, nodes):
         nodes = set(nodes)
-        return sorted({(c, p, t) for c, p, rel, t, _ in self.edges if c in nodes and rel in ("packed", "associated")})
+        return sorted({(c, p, t) for c, p, rel, t, _ in self.edges if c in nodes and rel in ("packed", "associated", "transacted")})
 
     def edges_up(self, nodes):
         nodes = set(nodes)

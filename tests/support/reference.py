@@ -128,14 +128,17 @@ def lot_scope(edge_set, lots: dict[str, str], target: str) -> dict[str, int]:
 
 
 def held_over_time(events: list[tuple[str, dict]]) -> dict[str, set[str]]:
-    """node -> every container and shipment that ever held it, by replaying packings (Packed) and
-    unpackings (Unpacked; no contents = everything) in time order and looking at the whole state after
-    each one. A shipment carries what the shipped thing held at the shipping instant."""
+    """node -> every container, shipment and business transaction that ever held it, by replaying packings
+    (Packed, Associated, TransactionLinked) and unpackings (Unpacked; no contents = everything) in time
+    order and looking at the whole state after each one. A shipment carries what the shipped thing held
+    at the shipping instant."""
     log = []
     for kind, e in standing(events):
-        if kind in ("genealogy.Packed", "genealogy.Associated"):
-            parent = e["container"] if kind == "genealogy.Packed" else e["parent"]
-            log += [(e["event_ms"], "add", nid(c), nid(parent)) for c in e["contents"]]
+        if kind in ("genealogy.Packed", "genealogy.Associated", "genealogy.TransactionLinked"):
+            parent = {"genealogy.Packed": e.get("container"), "genealogy.Associated": e.get("parent"),
+                      "genealogy.TransactionLinked": e.get("transaction")}[kind]
+            contents = e["members"] if kind == "genealogy.TransactionLinked" else e["contents"]
+            log += [(e["event_ms"], "add", nid(c), nid(parent)) for c in contents]
         elif kind == "genealogy.Unpacked":
             log += [(e["event_ms"], "del", nid(c) if c else "", nid(e["container"])) for c in (e["contents"] or [None])]
     inside: set[tuple[str, str]] = set()
