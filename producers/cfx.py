@@ -134,6 +134,10 @@ RESOURCE_STATES = {
 # Open work transactions a context keeps: a WorkStarted whose WorkCompleted never comes must not
 # grow it for ever; the oldest go first.
 MAX_OPEN_TRANSACTIONS = 50_000
+# Kitted carriers likewise (a line has hundreds of feeder carts and trolleys), and the packages kitted
+# onto each: the least recently kitted go first.
+MAX_CARRIERS = 10_000
+MAX_PACKAGES_PER_CARRIER = 1_000
 
 
 @dataclass
@@ -145,6 +149,19 @@ class CfxContext:
     transactions: dict[str, dict] = field(default_factory=dict)                     # TransactionID -> WorkStarted body
     carriers: dict[str, dict[str, dict]] = field(default_factory=dict)              # carrier id -> package id -> material ref
     carrier_slots: dict[tuple[str, str], str] = field(default_factory=dict)         # (station, carrier id) -> slot
+
+    def kit(self, carrier: str, material: dict) -> None:
+        """A package kitted onto a carrier; the carrier and the package become the most recent."""
+        packages = self.carriers.pop(carrier, {})
+        packages.pop(material["ident"], None)
+        packages[material["ident"]] = material
+        while len(packages) > MAX_PACKAGES_PER_CARRIER:
+            packages.pop(next(iter(packages)))
+        self.carriers[carrier] = packages
+        if len(self.carriers) > MAX_CARRIERS:
+            while len(self.carriers) > MAX_CARRIERS:
+                self.carriers.pop(next(iter(self.carriers)))
+            self.carrier_slots = {k: v for k, v in self.carrier_slots.items() if k[1] in self.carriers}
 
     def state(self) -> str:
         while len(self.transactions) > MAX_OPEN_TRANSACTIONS:
@@ -237,7 +254,7 @@ def _loaded(msg: _Msg, out: MapResult) -> None:
         slot = _opt(m, "LocationIdentifier") or _opt(m, "LocationName")
         carrier = _opt(m.get("CarrierInformation"), "UniqueIdentifier")
         if carrier:
-            msg.ctx.carriers.setdefault(carrier, {})[material["ident"]] = material
+            msg.ctx.kit(carrier, material)
             if slot:
                 msg.ctx.carrier_slots[(msg.station, carrier)] = slot
         if not slot:

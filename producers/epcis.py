@@ -94,7 +94,9 @@ from genealogy.domain.epcis_event import text as _text
 from genealogy.producers.epcis_hash import HashUnavailable, event_hashes
 from genealogy.producers.mapping import Bad, Event, MapResult, Reject, epoch_ms, event, node, ref
 
-VOLATILE = ("recordTime", "eventID", "@context")
+# Left out of the fallback content id: what a repository adds, and an errorDeclaration, so the declaration
+# re-sent with the original event's content gets the original's id (as the CBV 2.0 hash leaves it out too).
+VOLATILE = ("recordTime", "eventID", "@context", "errorDeclaration")
 LOT_KEYS = ("lotNumber", "cbvmda:lotNumber", "urn:epcglobal:cbv:mda:lotNumber", "https://gs1.org/voc/lotNumber")
 
 

@@ -288,3 +288,24 @@ def test_an_uninstalled_sub_assembly_with_a_unit_identifier_is_its_serial():
                 context=CfxContext(qualify_positions=True, unit_item="BRD"))
     assert [(node(e["component"]), e["quantity"]) for e in of_kind(r.events, "ComponentRemoved")] == [("serial:IPN47788:MOD-77", 1.0)]
     assert len(r.rejects) == 1 and "QuantityUninstalled" in r.rejects[0].reason
+
+
+def test_kitted_carriers_are_bounded_and_the_recently_kitted_stay(monkeypatch):
+    """A bridge runs for months: the carriers it remembers (and the packages on each) must not grow for ever."""
+    from genealogy.producers import cfx
+
+    monkeypatch.setattr(cfx, "MAX_CARRIERS", 3)
+    monkeypatch.setattr(cfx, "MAX_PACKAGES_PER_CARRIER", 2)
+    ctx = CfxContext()
+    reel = lambda n: {"kind": "lot", "item": "IPN", "ident": f"R{n}"}  # noqa: E731
+    for n, carrier in enumerate(["C1", "C2", "C3", "C1", "C4"]):
+        ctx.kit(carrier, reel(n))
+        ctx.carrier_slots[("ST", carrier)] = "S1"
+    ctx.kit("C1", reel(9))
+    ctx.kit("C1", reel(10))
+    assert list(ctx.carriers) == ["C3", "C4", "C1"]
+    assert list(ctx.carriers["C1"]) == ["R9", "R10"]
+    assert {carrier for _, carrier in ctx.carrier_slots} == {"C3", "C4", "C1"}
+    restored = CfxContext().restore(ctx.state())
+    assert restored.carriers == ctx.carriers
+

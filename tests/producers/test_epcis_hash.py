@@ -114,3 +114,14 @@ def test_hashing_leaves_the_event_as_it_was_sent():
     assert doc == sent
     map_epcis(doc, origin="d")
     assert doc == sent
+
+
+def test_a_declared_event_without_a_hash_keeps_the_originals_content_id():
+    """An event whose context cannot be hashed keeps a content id; re-sent with an errorDeclaration, it must get
+    the same id, or the declaration would retract an event that was never stored."""
+    from genealogy.producers.epcis import content_id
+
+    event = {"type": "ObjectEvent", "eventTime": "2026-11-30T08:00:00Z", "eventTimeZoneOffset": "+00:00",
+             "epcList": ["urn:epc:id:sgtin:9521141.000001.X1"], "action": "OBSERVE", "bizStep": "shipping"}
+    declared = dict(event, errorDeclaration={"declarationTime": "2026-11-30T09:00:00Z", "reason": "incorrect_data"})
+    assert content_id(declared) == content_id(event)
