@@ -104,3 +104,32 @@ def test_an_error_declaration_moves_units_out_of_the_carton_and_its_shipment(tmp
                    c=late_events[2]["eventID"]) == [[3]]
     finally:
         stack.stop()
+
+
+def test_a_declaration_survives_a_whole_stack_stop_before_its_event_arrives(tmp_path):
+    """The declaration is stored, the whole stack stops (broker, workers, sink, store); after the restart the
+    declared events arrive for the first time and the already stored ones are delivered again: none of
+    the retracted edges may come back, since the sink rebuilds what was retracted from the corrections table."""
+    events, declaration, units = scenario(3)
+    stack = start_stack(tmp_path)
+    try:
+        client = ServiceClient.for_settings(stack.settings)
+        ingest(stack, tmp_path, "declaration.jsonld", [declaration])
+        wait_drained(client, settle_s=3.0, timeout=180)
+        assert sql(client, "SELECT count() FROM corrections")[0][0] == 3
+    finally:
+        stack.stop()
+    stack = start_stack(tmp_path)
+    try:
+        client = ServiceClient.for_settings(stack.settings)
+        ingest(stack, tmp_path, "events.jsonld", events)
+        ingest(stack, tmp_path, "again.jsonld", events)  # a redelivery of the same events
+        wait_drained(client, settle_s=3.0, timeout=180)
+        captured = map_epcis(json.loads(document(events + [declaration])), origin="t").events
+        stored = {tuple(r) for r in sql(client, "SELECT DISTINCT child, parent, relation FROM edges")}
+        assert stored == reference.edges(captured)
+        for unit in units:
+            code, r = client.get("/recall", serial=unit)
+            assert code == 200 and len(r["containers"]) == 1 and r["containers"][0].endswith(events[2]["parentID"][-18:]), r
+    finally:
+        stack.stop()
