@@ -56,7 +56,7 @@ SELECT DISTINCT child, parent FROM edges WHERE child IN {nodes:Array(String)}
   AND event_time >= fromUnixTimestamp64Milli({since:Int64}, 'UTC') AND event_time < fromUnixTimestamp64Milli({until:Int64}, 'UTC')
 """
 CHILDREN_SQL = """
-SELECT parent, child, any(relation), min(toUnixTimestamp64Milli(event_time)), any(station)
+SELECT parent, child, argMin(relation, event_time), min(toUnixTimestamp64Milli(event_time)), argMin(station, event_time)
 FROM edges_by_parent WHERE parent IN {nodes:Array(String)}
 GROUP BY parent, child ORDER BY parent, child
 """
@@ -500,10 +500,10 @@ GROUP BY production_lot
 # Backward (as built): CHILDREN_SQL's rows for every node below the unit.
 BACKWARD_SQL = """
 WITH RECURSIVE st AS (
-    SELECT parent, child, toString(any(relation)) AS rel, min(toUnixTimestamp64Milli(event_time)) AS ms, toString(any(station)) AS stn
+    SELECT parent, child, toString(argMin(relation, event_time)) AS rel, min(toUnixTimestamp64Milli(event_time)) AS ms, toString(argMin(station, event_time)) AS stn
     FROM edges_by_parent WHERE parent = {unit:String} GROUP BY parent, child
   UNION ALL
-    SELECT parent, child, toString(any(relation)), min(toUnixTimestamp64Milli(event_time)), toString(any(station))
+    SELECT parent, child, toString(argMin(relation, event_time)), min(toUnixTimestamp64Milli(event_time)), toString(argMin(station, event_time))
     FROM edges_by_parent WHERE parent IN (SELECT child FROM st) GROUP BY parent, child
 )
 SELECT parent, child, any(rel), min(ms), any(stn) FROM st GROUP BY parent, child
@@ -521,7 +521,7 @@ WITH RECURSIVE st AS (
         SELECT CAST(groupArray((parent, child, rel, ms, stn)), 'Array(Tuple(String, String, String, Int64, String))') AS rows,
                groupUniqArrayIf(child, child NOT IN (SELECT arrayJoin(seen) FROM st)) AS nodes
         FROM (
-            SELECT parent, child, toString(any(relation)) AS rel, min(toUnixTimestamp64Milli(event_time)) AS ms, toString(any(station)) AS stn
+            SELECT parent, child, toString(argMin(relation, event_time)) AS rel, min(toUnixTimestamp64Milli(event_time)) AS ms, toString(argMin(station, event_time)) AS stn
             FROM edges_by_parent PREWHERE parent IN (SELECT arrayJoin(frontier) FROM st)
             GROUP BY parent, child)
     ) AS c

@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from genealogy.sinks import read_model as read_model_module
+from tests.domain.test_rework import scenario
 from tests.support import reference
 from genealogy.domain import ids, recall
 from tests.support.graphs import BASE_MS, MemGraph, completions, graph_params, layered
@@ -172,3 +174,31 @@ def test_analyst_sql_is_read_only(analyst):
     assert cols == ["n"] and rows[0][0] >= 0
     with pytest.raises(Exception, match="only SELECT"):
         analyst.query("DROP TABLE edges")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(0, 10**6), st.integers(1, 28), st.booleans())
+def test_rework_and_unpacking_are_answered_from_the_store_like_the_reference(writer, read_model, seed, n_events, ship_few):
+    """Removals (table removals), unpackings (unpacked) and counted installations (edges.quantity) read back from
+    ClickHouse give the recall and trace the in-memory graph gives; with ``ship_few`` the store matches a long
+    component list against the ever-removed components instead of shipping it."""
+    targets, mem, _ = scenario(seed, n_events)
+    for t in TABLES + ["removals", "unpacked"]:
+        writer.connection.command(f"TRUNCATE TABLE {t}")
+    utc = lambda ms: datetime.fromtimestamp(ms / 1000, tz=timezone.utc)  # noqa: E731
+    writer.insert("edges", EDGE_COLUMNS, [
+        [ids.edge_id(c, p, rel, f"e{k}"), c, p, rel, utc(t), st_, "", "", "", mem.quantities.get((c, p, t), 1.0), f"e{k}"]
+        for k, (c, p, rel, t, st_) in enumerate(mem.edges)])
+    writer.insert("removals", ["child", "parent", "quantity", "reason", "event_time", "station", "source_event"],
+                  [[c, u, q, reason, utc(t), "RW", f"r{k}"] for k, (c, u, t, q, reason) in enumerate(mem.removes)])
+    writer.insert("unpacked", ["child", "parent", "event_time", "station", "source_event"],
+                  [[c, p, utc(t), "PK", f"u{k}"] for k, (c, p, t) in enumerate(mem.unpacks)])
+    ship_max = read_model_module.SHIP_MAX
+    read_model_module.SHIP_MAX = 1 if ship_few else ship_max
+    try:
+        for target in targets:
+            assert recall.recall(read_model, target).as_dict() == recall.recall(mem, target).as_dict(), target
+        for unit in sorted({p for _, p, rel, *_ in mem.edges if rel == "installed" and p.startswith("serial:BRD")})[:2]:
+            assert recall.trace(read_model, unit) == recall.trace(mem, unit)
+    finally:
+        read_model_module.SHIP_MAX = ship_max
