@@ -38,7 +38,8 @@ class Receiver:
 
     def __init__(self, fail: int = 0):
         self.port, self.fail = free_port(), fail
-        self.posts: list[tuple[bytes, dict]] = []
+        self.posts: list[tuple[bytes, dict]] = []   # of /hook/plant (the stream subscription)
+        self.scheduled: list[bytes] = []             # of /hook/scheduled
         self.refused = 0
         self.lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
@@ -51,7 +52,10 @@ class Receiver:
             if self.refused < self.fail:
                 self.refused += 1
                 return web.Response(status=500)
-            self.posts.append((body, dict(request.headers)))
+            if request.match_info["name"] == "scheduled":
+                self.scheduled.append(body)
+            else:
+                self.posts.append((body, dict(request.headers)))
         return web.Response(status=204)
 
     def _run(self) -> None:
@@ -74,10 +78,10 @@ class Receiver:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
-    def events(self) -> list[dict]:
+    def events(self, scheduled: bool = False) -> list[dict]:
         with self.lock:
-            posts = list(self.posts)
-        return [e for body, _ in posts for e in json.loads(body)["epcisBody"]["queryResults"]["resultsBody"]["eventList"]]
+            bodies = list(self.scheduled) if scheduled else [body for body, _ in self.posts]
+        return [e for body in bodies for e in json.loads(body)["epcisBody"]["queryResults"]["resultsBody"]["eventList"]]
 
 
 def document(events: list[dict]) -> bytes:
@@ -129,6 +133,13 @@ def test_a_stream_subscription_delivers_every_new_matching_event_once_across_a_s
             assert response.status == 201, sub
             assert response.headers["Location"] == f"/queries/shipped/subscriptions/{sub['subscriptionID']}"
             assert "signatureToken" not in sub and sub["stream"] is True
+            # A scheduled subscription of the same query, every other second, reporting empty runs too.
+            response, scheduled = request(client, "POST", "/queries/shipped/subscriptions",
+                                          {"dest": f"http://127.0.0.1:{receiver.port}/hook/scheduled",
+                                           "schedule": {"second": "0/2"}, "reportIfEmpty": True})
+            assert response.status == 201 and scheduled["schedule"] == {"second": "0/2"}, scheduled
+            until(lambda: receiver.scheduled, 30, "an empty scheduled report")
+            assert receiver.events(scheduled=True) == []
 
             capture(client, first)
             want = expected(first)
@@ -153,6 +164,8 @@ def test_a_stream_subscription_delivers_every_new_matching_event_once_across_a_s
             until(lambda: {canonical(e) for e in receiver.events()} >= want, 90, "every matching event at the receiver")
             got = [canonical(e) for e in receiver.events()]
             assert set(got) == want   # nothing captured before it subscribed, nothing that does not match
+            until(lambda: {canonical(e) for e in receiver.events(scheduled=True)} >= want, 60, "the scheduled reports")
+            assert {canonical(e) for e in receiver.events(scheduled=True)} == want
             # The kill came with nothing in flight and the cursor persisted: not one event twice.
             assert len(got) == len(set(got))
             for body, headers in receiver.posts:
@@ -202,6 +215,9 @@ def test_queries_and_subscriptions_refuse_what_they_must(tmp_path):
             assert is_problem(response, data, 400, kind), (body, data)
         response, data = request(client, "POST", "/queries", {"name": "q", "query": {"eventType": ["x" * 70000]}})
         assert is_problem(response, data, 413, "QueryTooComplexException")
+        r = client.http.request("POST", f"{client.base_url}/queries", body=b"name=q",
+                                headers={**client.headers, "Content-Type": "application/x-www-form-urlencoded"})
+        assert r.status == 415 and json.loads(r.data)["type"] == "epcisException:UnsupportedMediaType"
 
         # A capture token cannot read, so it cannot make a query either; a reader can.
         response, _ = request(client, "POST", "/queries", {"name": "mine", "query": {"eventType": ["ObjectEvent"]}},
