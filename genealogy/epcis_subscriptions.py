@@ -88,7 +88,7 @@ class Problem(epcis_api.QueryProblem):
               "ResourceAlreadyExistsException": "A resource with the provided identifier already exists",
               "NoSuchResourceException": "No such resource", "QueryParameterException": "Invalid query parameter",
               "QueryTooComplexException": "Limit reached", "ImplementationException": "Not implemented",
-              "SecurityException": "Forbidden", "UnsupportedMediaType": "Unsupported media type"}
+              "SecurityException": "Forbidden", "UnsupportedMediaTypeException": "Unsupported media type"}
 
     def as_dict(self) -> dict:
         out = super().as_dict()
@@ -578,6 +578,9 @@ class Dispatcher:
         found = await loop.run_in_executor(None, self.store.query, sub.query_name)
         if found is None:
             return   # the query went (and its subscriptions with it) meanwhile
+        # The allow-list is checked again at every delivery: an operator who removes a prefix stops its
+        # subscriptions at once (they fail, saying why, and keep their events until deleted).
+        check_dest(sub.dest, allow_list(self.settings))
         query, _, _ = epcis_api.parse_query(found[1])
         batch = max(1, self.settings.epcis_webhook_batch)
         cursor, first = (sub.cursor_ms, sub.cursor_id), True
@@ -633,7 +636,7 @@ def _json(body, status: int = 200, **headers) -> web.Response:
 async def _read_json(request: web.Request, settings: Settings):
     kind = request.content_type
     if request.body_exists and kind not in ("application/json", "application/ld+json", "application/octet-stream"):
-        raise Problem(f"Content-Type {kind!r}: send application/json", 415, "UnsupportedMediaType")
+        raise Problem(f"Content-Type {kind!r}: send application/json", 415, "UnsupportedMediaTypeException")
     limit = settings.epcis_query_max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise Problem(f"the body is larger than {limit} bytes", 413, "QueryTooComplexException")
@@ -647,12 +650,12 @@ async def _read_json(request: web.Request, settings: Settings):
         value = json.loads(b"".join(data))
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise Problem("the body is not JSON", 400, "ValidationException") from None
-    if epcis_api_depth(value) > settings.json_max_depth:
+    if _json_depth(value) > settings.json_max_depth:
         raise Problem(f"the JSON body is nested deeper than {settings.json_max_depth} levels", 400, "ValidationException")
     return value
 
 
-def epcis_api_depth(value) -> int:
+def _json_depth(value) -> int:
     deepest, stack = 0, [(value, 1)]
     while stack:
         item, depth = stack.pop()

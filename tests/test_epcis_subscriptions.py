@@ -4,6 +4,7 @@ reopen, the roles of the /queries routes, and the subscription SQL derived from 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -201,3 +202,66 @@ def test_a_subscription_filters_with_every_filter_of_get_events():
     filters = epcis_query.EVENTS_SQL.split("WHERE event_id > {after:String}")[1].split("ORDER BY")[0]
     assert filters.strip() and filters in feed
     assert "{after:String}" not in feed and "ORDER BY inserted_at, event_id" in feed
+
+
+# --- delivery against a real receiver, the store's rows standing in for ClickHouse ------------------------
+
+def test_a_failing_receiver_keeps_its_events_and_gets_them_when_it_answers(tmp_path, monkeypatch):
+    from aiohttp import web
+
+    from genealogy.settings import Settings
+    from genealogy.sinks import epcis_feed as feed
+
+    rows = [(f"ev-{i}", json.dumps({"type": "ObjectEvent", "eventID": f"ev-{i}"}), 1000 + i) for i in range(5)]
+    monkeypatch.setattr(feed, "new_events", lambda _c, _q, cursor, _m, limit, _s:
+                        [r for r in rows if (r[2], r[0]) > cursor][:limit])
+
+    async def scenario():
+        state = {"status": 503, "bodies": []}
+
+        async def hook(request):
+            state["bodies"].append((await request.read(), request.headers.get(subs.SIGNATURE_HEADER)))
+            return web.Response(status=state["status"])
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        dest = f"http://127.0.0.1:{port}/hook"
+        settings = Settings(data_dir=tmp_path, epcis_webhook_allow=dest, epcis_webhook_attempts=2,
+                            epcis_webhook_batch=2, epcis_webhook_timeout_s=5)
+        store = subs.Store(tmp_path / "q.db")
+        store.create_query("q", {"eventType": ["ObjectEvent"]}, [("eventType", "ObjectEvent")], "", 10)
+        sub = store.subscribe("q", subs.parse_subscription({"dest": dest, "signatureToken": "k", "stream": True},
+                                                            [dest]), "", 10)
+        dispatcher = subs.Dispatcher(settings, store, connection=None)
+        import aiohttp
+        async with aiohttp.ClientSession() as dispatcher._session:
+            await dispatcher._guarded(store.subscription("q", sub.id))
+            failed = store.subscription("q", sub.id)
+            assert len(state["bodies"]) == 2   # both tries of the first batch
+            assert failed.failures == 1 and "503" in failed.last_error and (failed.cursor_ms, failed.delivered) == (0, 0)
+            assert failed.retry_at_ms > 0
+
+            state["status"] = 204
+            await dispatcher._guarded(store.subscription("q", sub.id))
+            done = store.subscription("q", sub.id)
+            assert (done.cursor_ms, done.cursor_id, done.delivered, done.failures) == (1004, "ev-4", 5, 0)
+            delivered = [json.loads(b) for b, _ in state["bodies"][2:]]
+            assert [len(d["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) for d in delivered] == [2, 2, 1]
+            assert all(subs.verify_signature("k", b, sig) for b, sig in state["bodies"])
+
+            # The operator takes the destination off the allow-list: no more deliveries, and the reason is shown.
+            rows.append(("ev-9", json.dumps({"type": "ObjectEvent"}), 2000))
+            dispatcher.settings = Settings(data_dir=tmp_path, epcis_webhook_allow="https://elsewhere.example/")
+            await dispatcher._guarded(store.subscription("q", sub.id))
+            stopped = store.subscription("q", sub.id)
+            assert len(state["bodies"]) == 5 and "not an allowed webhook destination" in stopped.last_error
+            assert stopped.cursor_id == "ev-4"
+        store.close()
+        await runner.cleanup()
+
+    asyncio.run(scenario())

@@ -217,7 +217,7 @@ def test_queries_and_subscriptions_refuse_what_they_must(tmp_path):
         assert is_problem(response, data, 413, "QueryTooComplexException")
         r = client.http.request("POST", f"{client.base_url}/queries", body=b"name=q",
                                 headers={**client.headers, "Content-Type": "application/x-www-form-urlencoded"})
-        assert r.status == 415 and json.loads(r.data)["type"] == "epcisException:UnsupportedMediaType"
+        assert r.status == 415 and json.loads(r.data)["type"] == "epcisException:UnsupportedMediaTypeException"
 
         # A capture token cannot read, so it cannot make a query either; a reader can.
         response, _ = request(client, "POST", "/queries", {"name": "mine", "query": {"eventType": ["ObjectEvent"]}},
