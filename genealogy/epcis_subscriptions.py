@@ -8,6 +8,13 @@
                                                        "reportIfEmpty", "initialRecordTime"} -> 201 + Location
     GET    /queries/{queryName}/subscriptions[/{id}]  the subscriptions (never their signatureToken)
     DELETE /queries/{queryName}/subscriptions/{id}    204
+    GET    /queries/{queryName}/events?stream=true | ?<schedule fields>[&reportIfEmpty=&initialRecordTime=]
+           with Upgrade: websocket                    a subscription for as long as the connection lasts
+
+WebSocket subscriptions are not kept: the documents a webhook would get come as text messages while
+the connection is open (at most ``epcis_max_websockets`` at once), from initialRecordTime (default:
+the connection's start); a client that reconnects passes the recordTime it got to, to miss nothing.
+Deleting the query closes them.
 
 What is kept: definitions, subscriptions and each subscription's delivery cursor are rows of a SQLite
 file under the data directory (``<data_dir>/epcis/queries.db``), beside the capture spool and the page
@@ -263,8 +270,9 @@ class SubscriptionRequest:
     initial_record_ms: int | None
 
 
-def parse_subscription(body, allowed: list[str]) -> SubscriptionRequest:
-    """A POST .../subscriptions body -> what to keep; Problem (400 SubscriptionControlsException) if it is not one."""
+def parse_subscription(body, allowed: list[str], webhook: bool = True) -> SubscriptionRequest:
+    """A POST .../subscriptions body -> what to keep; Problem (400 SubscriptionControlsException) if it is not one.
+    ``webhook=False``: a WebSocket subscription's controls (no dest, no signatureToken)."""
     def bad(detail: str) -> Problem:
         return Problem(detail, 400, "SubscriptionControlsException")
 
@@ -272,7 +280,9 @@ def parse_subscription(body, allowed: list[str]) -> SubscriptionRequest:
         raise bad('the body must be a JSON object: {"dest": ..., "stream": true} or {"dest": ..., "schedule": {...}}')
     if unknown := sorted(set(body) - SUBSCRIPTION_KEYS):
         raise bad(f"{unknown[0]}: not a subscription field (those are {', '.join(sorted(SUBSCRIPTION_KEYS))})")
-    dest = check_dest(body.get("dest"), allowed)
+    if not webhook and ({"dest", "signatureToken"} & set(body)):
+        raise bad("a WebSocket subscription has no dest and no signatureToken: the connection is both")
+    dest = check_dest(body.get("dest"), allowed) if webhook else ""
     token = body.get("signatureToken", "")
     if token is None:
         token = ""
@@ -294,6 +304,30 @@ def parse_subscription(body, allowed: list[str]) -> SubscriptionRequest:
         except ValueError as exc:
             raise bad(f"initialRecordTime: {exc}") from None
     return SubscriptionRequest(dest, token, stream, schedule, report, initial)
+
+
+def websocket_controls(items: list[tuple[str, str]]) -> dict:
+    """GET /queries/{name}/events?stream=true | ?minute=5&hour=1 (a WebSocket upgrade) -> a subscription body."""
+    body: dict = {}
+    schedule = {}
+    for name, value in items:
+        if name in body or name in schedule:
+            raise Problem(f"{name}: given twice", 400, "SubscriptionControlsException")
+        if name in ("stream", "reportIfEmpty"):
+            if value.lower() not in ("true", "false"):
+                raise Problem(f"{name}: true or false", 400, "SubscriptionControlsException")
+            body[name] = value.lower() == "true"
+        elif name == "initialRecordTime":
+            body[name] = value
+        elif name in FIELDS:
+            schedule[name] = value
+        else:
+            raise Problem(f"{name}: a WebSocket subscription takes stream, the schedule fields, reportIfEmpty and "
+                          "initialRecordTime (the query's parameters are the named query's own)", 400,
+                          "SubscriptionControlsException")
+    if schedule:
+        body["schedule"] = schedule
+    return body
 
 
 def backoff_s(failures: int, cap_s: float) -> float:
@@ -730,8 +764,7 @@ def install(app: web.Application, service) -> Store:
     async def query_events(request):
         name, pairs, _ = await named(request)
         if request.headers.get("Upgrade", "").lower() == "websocket":
-            raise Problem("WebSocket subscriptions are not offered; POST /queries/{queryName}/subscriptions "
-                          "with a webhook dest", 501, "ImplementationException")
+            return await websocket(request, name, pairs)
         paging = list(request.query.items())
         if extra := [k for k, _ in paging if k not in epcis_api.PAGING]:
             raise Problem(f"{extra[0]}: a named query's parameters are its own; only perPage and nextPageToken go here")
@@ -746,6 +779,79 @@ def install(app: web.Application, service) -> Store:
             headers["Link"] = f'<{url}>; rel="next"'
             headers["GS1-Next-Page-Token-Expires"] = epcis_event.format_time(expires * 1000)
         return _json(epcis_api.query_document([event for _, event in page], name), **headers)
+
+    sockets: set[web.WebSocketResponse] = set()
+
+    async def websocket(request, name: str, pairs: list):
+        """A subscription that lives as long as its connection: the documents come as text messages, the
+        same a webhook gets. Nothing is kept: a client that reconnects passes initialRecordTime again."""
+        spec = parse_subscription(websocket_controls(list(request.query.items())), [], webhook=False)
+        if len(sockets) >= settings.epcis_max_websockets:
+            raise Problem(f"this service holds at most {settings.epcis_max_websockets} WebSocket subscriptions "
+                          "(GENEALOGY_EPCIS_MAX_WEBSOCKETS)", 409, "QueryTooComplexException")
+        query = epcis_api.parse_query(pairs)[0]
+        now = int(time.time() * 1000)
+        sub = Subscription(id=f"ws-{secrets.token_hex(8)}", query_name=name, dest="", signature_token="",
+                           stream=spec.stream, schedule=spec.schedule.given if spec.schedule else None,
+                           report_if_empty=spec.report_if_empty,
+                           initial_record_ms=now if spec.initial_record_ms is None else spec.initial_record_ms,
+                           owner=_owner(request), created_ms=now, cursor_ms=0, cursor_id="",
+                           next_run_ms=spec.schedule.next_after(now) if spec.schedule else None, retry_at_ms=0,
+                           failures=0, last_error="", last_notified_ms=None, delivered=0)
+        ws = web.WebSocketResponse(heartbeat=30)
+        await ws.prepare(request)
+        sockets.add(ws)
+        scanned = -1
+        try:
+            while not ws.closed:
+                if await blocking(store.query, name) is None:
+                    await ws.close(code=1000, message=b"the named query was deleted")
+                    break
+                now = int(time.time() * 1000)
+                due = False
+                if sub.stream:
+                    latest, store_now = await blocking(epcis_feed.latest_insert_ms, service.connection)
+                    due = latest > sub.cursor_ms and latest != scanned
+                elif now >= sub.next_run_ms:
+                    due = True
+                if due:
+                    cursor, first = (sub.cursor_ms, sub.cursor_id), True
+                    while True:
+                        rows = await blocking(epcis_feed.new_events, service.connection, query, cursor,
+                                              sub.initial_record_ms, settings.epcis_webhook_batch,
+                                              settings.epcis_subscription_settle_ms)
+                        if rows or (first and sub.report_if_empty and not sub.stream):
+                            doc = document([json.loads(r[1]) for r in rows], name, sub.id)
+                            await ws.send_str(_dumps(doc))
+                            if rows:
+                                cursor = (rows[-1][2], rows[-1][0])
+                        first = False
+                        if len(rows) < settings.epcis_webhook_batch:
+                            break
+                    sub.cursor_ms, sub.cursor_id = cursor
+                    if sub.stream and store_now - settings.epcis_subscription_settle_ms > latest:
+                        scanned = latest
+                    if not sub.stream:
+                        sub.next_run_ms = parse_schedule(sub.schedule).next_after(now)
+                try:   # wait for the next poll, and notice a client that closed meanwhile
+                    message = await ws.receive(timeout=settings.epcis_subscription_poll_s)
+                except asyncio.TimeoutError:
+                    continue
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+                                    aiohttp.WSMsgType.ERROR):
+                    break
+        except ConnectionResetError:   # the client went away mid-send
+            pass
+        finally:
+            sockets.discard(ws)
+        return ws
+
+    async def close_sockets(app):
+        # Otherwise a graceful stop waits for every open subscription's client to hang up.
+        for ws in list(sockets):
+            await ws.close(code=1001, message=b"the service is stopping")
+
+    app.on_shutdown.append(close_sockets)
 
     async def subscribe(request):
         name, _, _ = await named(request)

@@ -126,6 +126,7 @@ class Settings(BaseSettings):
         "service never posts to an address its operator did not name (SSRF)"))
     epcis_max_named_queries: int = Field(default=100, description="Named queries the service keeps at most")
     epcis_max_subscriptions: int = Field(default=100, description="Subscriptions (over all named queries) at most")
+    epcis_max_websockets: int = Field(default=32, description="Open WebSocket subscriptions at most")
     epcis_query_max_body_bytes: int = Field(default=64 * 1024, description="Largest POST /queries and subscription body")
     epcis_webhook_timeout_s: float = Field(default=10.0, description="One webhook POST, connect to answer")
     epcis_webhook_attempts: int = Field(default=4, description=(
@@ -136,8 +137,9 @@ class Settings(BaseSettings):
     epcis_webhook_concurrency: int = Field(default=8, description="Webhook deliveries in flight at once")
     epcis_subscription_poll_s: float = Field(default=1.0, description="How often stream subscriptions look for new events")
     epcis_subscription_settle_ms: int = Field(default=2000, description=(
-        "A stream subscription takes an event once it has been in ClickHouse this long: an insert that is still "
+        "A subscription takes an event once it has been in ClickHouse this long: an insert that is still "
         "being written when the subscription reads may carry an earlier insert time than rows already read"))
+
     # Who may call it (genealogy.auth, docs/security.md).
     auth: Literal["tokens", "off"] = Field(default="tokens", description=(
         "tokens: every route but /health needs a bearer token (roles reader, capture, admin); "

@@ -96,6 +96,19 @@ def test_a_subscription_is_a_stream_or_a_schedule():
         assert problem(subs.parse_subscription, bad, ALLOW).kind == "SubscriptionControlsException", bad
 
 
+def test_websocket_controls_come_from_the_query_string():
+    body = subs.websocket_controls([("minute", "5"), ("hour", "1"), ("reportIfEmpty", "true")])
+    assert body == {"schedule": {"minute": "5", "hour": "1"}, "reportIfEmpty": True}
+    s = subs.parse_subscription(subs.websocket_controls([("stream", "true")]), [], webhook=False)
+    assert s.stream and s.dest == "" and s.signature_token == ""
+    for bad in ([("stream", "yes")], [("stream", "true"), ("stream", "true")], [("EQ_bizStep", "shipping")],
+                [("perPage", "5")]):
+        assert problem(subs.websocket_controls, bad).kind == "SubscriptionControlsException", bad
+    for bad in ({}, {"stream": False}, {"stream": True, "dest": "https://erp.example.com/epcis/a"},
+                {"stream": True, "signatureToken": "x"}):
+        assert problem(subs.parse_subscription, bad, [], False).kind == "SubscriptionControlsException", bad
+
+
 # --- schedules --------------------------------------------------------------------------------------
 
 def ms(t: datetime) -> int:

@@ -78,6 +78,29 @@ class Receiver:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
 
+    def open_socket(self, url: str, headers: dict) -> None:
+        """A WebSocket subscription from the receiver's loop; its documents go to ``self.socket``."""
+        self.socket: list[dict] = []
+        self.socket_closed = threading.Event()
+
+        async def listen():
+            import aiohttp
+            async with aiohttp.ClientSession() as session:
+                async with session.ws_connect(url, headers=headers) as ws:
+                    self.socket_open = True
+                    async for message in ws:
+                        with self.lock:
+                            self.socket.append(json.loads(message.data))
+            self.socket_closed.set()
+
+        self.socket_open = False
+        asyncio.run_coroutine_threadsafe(listen(), self.loop)
+
+    def socket_events(self) -> list[dict]:
+        with self.lock:
+            docs = list(self.socket)
+        return [e for d in docs for e in d["epcisBody"]["queryResults"]["resultsBody"]["eventList"]]
+
     def events(self, scheduled: bool = False) -> list[dict]:
         with self.lock:
             bodies = list(self.scheduled) if scheduled else [body for body, _ in self.posts]
@@ -141,6 +164,10 @@ def test_a_stream_subscription_delivers_every_new_matching_event_once_across_a_s
             until(lambda: receiver.scheduled, 30, "an empty scheduled report")
             assert receiver.events(scheduled=True) == []
 
+            ws_url = client.base_url.replace("http://", "ws://") + "/queries/shipped/events?stream=true"
+            receiver.open_socket(ws_url, client.headers)
+            until(lambda: receiver.socket_open, 30, "the WebSocket subscription")
+
             capture(client, first)
             want = expected(first)
             assert want and len(want) < len(first)
@@ -149,6 +176,10 @@ def test_a_stream_subscription_delivers_every_new_matching_event_once_across_a_s
             # The receiver has them; once the subscription's cursor is past them too, a kill must not send them again.
             until(lambda: request(client, "GET", f"/queries/shipped/subscriptions/{sub['subscriptionID']}")[1]
                   ["eventsDelivered"] >= len(want), 30, "the cursor past the first events")
+
+            # The WebSocket subscription, open during these captures, got the same events, once each.
+            until(lambda: {canonical(e) for e in receiver.socket_events()} >= want, 30, "the events on the WebSocket")
+            assert sorted(canonical(e) for e in receiver.socket_events()) == sorted(want)
 
             # kill -9 the service; capture while it is down (the ingest path's spool -> Kafka); start it again.
             stack.kill("service", signal.SIGKILL)
@@ -186,8 +217,12 @@ def test_a_stream_subscription_delivers_every_new_matching_event_once_across_a_s
                 url = link[1:link.index(">")] if link else None
             assert sorted(canonical(e) for e in pages) == sorted(expected(events))
 
+            # A new WebSocket on the restarted service; deleting the query closes it.
+            receiver.open_socket(ws_url, client.headers)
+            until(lambda: receiver.socket_open, 30, "the second WebSocket subscription")
             response, _ = request(client, "DELETE", "/queries/shipped")
             assert response.status == 204
+            assert receiver.socket_closed.wait(30)
             response, data = request(client, "GET", f"/queries/shipped/subscriptions/{sub['subscriptionID']}")
             assert is_problem(response, data, 404, "NoSuchResourceException")
         finally:
@@ -265,6 +300,11 @@ def test_queries_and_subscriptions_refuse_what_they_must(tmp_path):
         response, data = request(client, "GET", "/queries/mine/events?eventType=ObjectEvent")
         assert is_problem(response, data, 400, "QueryParameterException")
         assert request(client, "GET", "/queries/nope/events")[0].status == 404
+        upgrade = {**client.headers, "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        for query in ("stream=maybe", "", "stream=true&EQ_bizStep=shipping", "minute=99"):
+            r = client.http.request("GET", f"{client.base_url}/queries/mine/events?{query}", headers=upgrade)
+            assert r.status == 400 and json.loads(r.data)["type"] == "epcisException:SubscriptionControlsException", query
 
         # Definitions and subscriptions survive a restart of the service.
         stack.kill("service", signal.SIGTERM)
