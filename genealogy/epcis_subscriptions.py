@@ -525,6 +525,12 @@ class Store:
         with self._lock:
             self._db.execute("UPDATE subscriptions SET next_run_ms = ? WHERE id = ?", (next_run_ms, sub_id))
 
+    def recovered(self, sub_id: str) -> None:
+        """A run ended without error (maybe with nothing to send): the failures it had are over."""
+        with self._lock:
+            self._db.execute("UPDATE subscriptions SET failures = 0, last_error = '', retry_at_ms = 0 WHERE id = ?",
+                             (sub_id,))
+
     def failed(self, sub_id: str, error: str, retry_at_ms: int) -> None:
         with self._lock:
             self._db.execute("UPDATE subscriptions SET failures = failures + 1, last_error = ?, retry_at_ms = ? WHERE id = ?",
@@ -571,6 +577,8 @@ class Dispatcher:
 
     async def tick(self, loop) -> None:
         subs = await loop.run_in_executor(None, self.store.subscriptions)
+        for gone in set(self.scanned) - {sub.id for sub in subs}:
+            del self.scanned[gone]
         latest = None
         now = int(time.time() * 1000)
         for sub in subs:
@@ -633,6 +641,8 @@ class Dispatcher:
         if not sub.stream:
             schedule = parse_schedule(sub.schedule)
             await loop.run_in_executor(None, self.store.ran, sub.id, schedule.next_after(run_started))
+        if sub.failures:
+            await loop.run_in_executor(None, self.store.recovered, sub.id)
 
     async def post(self, sub: Subscription, events: list[dict]) -> None:
         body = json.dumps(document(events, sub.query_name, sub.id), allow_nan=False, default=str).encode()

@@ -273,7 +273,12 @@ def test_a_failing_receiver_keeps_its_events_and_gets_them_when_it_answers(tmp_p
             await dispatcher._guarded(store.subscription("q", sub.id))
             stopped = store.subscription("q", sub.id)
             assert len(state["bodies"]) == 5 and "not an allowed webhook destination" in stopped.last_error
-            assert stopped.cursor_id == "ev-4"
+            assert stopped.cursor_id == "ev-4" and stopped.failures == 1
+            # Allowed again: ev-9 goes, and the failure is over.
+            dispatcher.settings = settings
+            await dispatcher._guarded(store.subscription("q", sub.id))
+            back = store.subscription("q", sub.id)
+            assert (back.cursor_id, back.failures, back.last_error, len(state["bodies"])) == ("ev-9", 0, "", 6)
         store.close()
         await runner.cleanup()
 
