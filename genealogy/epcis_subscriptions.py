@@ -27,7 +27,7 @@ matching events that landed after its cursor (``sinks.epcis_feed``), POSTs them 
 EPCISQueryDocuments of at most ``epcis_webhook_batch`` events, and moves the cursor after each
 2xx answer. A scheduled one does the same at its schedule's times (an empty document too if
 ``reportIfEmpty``). The cursor moves only after the receiver acknowledged, so a crash between the
-two sends that batch again: at-least-once, never lost. A POST that fails is retried (tenacity,
+receiver's 2xx and the cursor's commit sends that batch again: at-least-once, never lost. A POST that fails is retried (tenacity,
 exponential backoff, ``epcis_webhook_attempts`` tries, ``epcis_webhook_timeout_s`` each); after that
 the subscription waits (doubling, at most ``epcis_webhook_backoff_max_s``) and tries the same events
 again: a receiver that is down delays its events, never loses them. Database calls run in the
@@ -155,8 +155,8 @@ def check_dest(dest, allowed: list[str]) -> str:
     except ValueError:  # a bad port, a bad IPv6 literal
         raise Problem(f"dest: {dest!r} is not a URL", 400, "SubscriptionControlsException") from None
     if scheme not in ("http", "https") or not host:
-        raise Problem("dest: an http or https URL (WebSocket subscriptions are not offered)", 400,
-                      "SubscriptionControlsException")
+        raise Problem("dest: an http or https URL (a WebSocket subscription is GET /queries/{queryName}/events "
+                      "with Upgrade: websocket)", 400, "SubscriptionControlsException")
     if parts.username is not None or parts.password is not None or parts.fragment:
         raise Problem("dest: no user:password@ and no #fragment", 400, "SubscriptionControlsException")
     for prefix in allowed:
