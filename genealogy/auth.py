@@ -33,6 +33,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -61,11 +62,20 @@ class AuthNotConfigured(RuntimeError):
 
 # --- pure rules -----------------------------------------------------------------------------
 
+# EPCIS named queries and subscriptions (genealogy.epcis_subscriptions): a reader may create and delete
+# them. A named query answers what GET /events answers that reader already, and a subscription posts
+# it only to destinations the operator allow-listed; deleting is further limited to the token that
+# created the resource (or an admin). Matched segment by segment, so no "/queries/../sql" gets "reader".
+QUERY_WRITES = re.compile(r"/queries(?:/(?!\.\.?/|\.\.?$)[^/]+(?:/subscriptions(?:/(?!\.\.?$)[^/]+)?)?)?")
+
+
 def required_role(method: str, path: str) -> str | None:
     """The role a request needs; None for the open paths. Unknown non-GET routes need admin:
     deny by default, so a route added later is never open by accident."""
     if path in OPEN_PATHS:
         return None
+    if method in ("POST", "DELETE") and QUERY_WRITES.fullmatch(path):
+        return "reader"
     return ROUTE_ROLES.get((method, path), "reader" if method in SAFE_METHODS else "admin")
 
 
@@ -312,6 +322,7 @@ def middlewares(settings: Settings, store: TokenStore | None = None) -> list:
                           **{"WWW-Authenticate": 'Bearer realm="genealogy", error="invalid_token"'})
         if not allows(entry.role, needed):
             return _error(403, f"a {entry.role} token may not {request.method} {request.path} (needs {needed})")
+        request["token_entry"] = entry   # who made a named query or subscription (only they, or an admin, delete it)
         return await handler(request)
 
     return [json_errors, guard]

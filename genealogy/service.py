@@ -16,6 +16,8 @@ run as many replicas as wanted (``--no-sink`` for query-only replicas).
     GET  /events?<EPCIS 2.0 query parameters>[&perPage=&nextPageToken=]   EPCIS 2.0 query (genealogy.epcis_api)
     GET  /events/{eventID}, GET /epcs/{epc}/events, GET /eventTypes/{type}/events
     GET  /capture/{captureID}        what a capture became (POST /capture answers 202 with its Location)
+    /queries[/{queryName}[/events|/subscriptions[/{id}]]]   EPCIS 2.0 named queries and webhook subscriptions
+                                     (genealogy.epcis_subscriptions)
     POST /reprocess                  recompute what late events changed (see genealogy.reprocess)
 
 Captured EPCIS goes to a local durable spool first and is forwarded to Kafka
@@ -36,7 +38,7 @@ import time
 
 from aiohttp import web
 
-from genealogy import auth, epcis_api, schemas
+from genealogy import auth, epcis_api, epcis_subscriptions, schemas
 from genealogy import kafka
 from genealogy.domain import epcis_event, ids, recall
 from genealogy.sinks import epcis_query, granularity, linkage
@@ -538,6 +540,7 @@ def make_app(service: Service) -> web.Application:
                     web.get("/events/{event_id:.+}", one_event), web.get("/epcs/{epc:.+}/events", epc_events),
                     web.get("/eventTypes/{event_type}/events", event_type_events),
                     web.get("/capture/{capture_id}", capture_job)])
+    epcis_subscriptions.install(app, service)   # /queries: named queries and webhook subscriptions
     return app
 
 

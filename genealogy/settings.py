@@ -119,6 +119,27 @@ class Settings(BaseSettings):
     # between tries; while it cannot write, /health answers 503.
     sink_retry_max_s: float = 30.0
 
+    # EPCIS 2.0 named queries and webhook subscriptions (genealogy.epcis_subscriptions, docs/internals.md).
+    epcis_webhook_allow: str = Field(default="", description=(
+        "Comma-separated URL prefixes a subscription's webhook `dest` must start with (scheme, host and port "
+        "exact, path a prefix), e.g. https://erp.example.com/epcis/; empty = subscriptions are refused: the "
+        "service never posts to an address its operator did not name (SSRF)"))
+    epcis_max_named_queries: int = Field(default=100, description="Named queries the service keeps at most")
+    epcis_max_subscriptions: int = Field(default=100, description="Subscriptions (over all named queries) at most")
+    epcis_max_websockets: int = Field(default=32, description="Open WebSocket subscriptions at most")
+    epcis_query_max_body_bytes: int = Field(default=64 * 1024, description="Largest POST /queries and subscription body")
+    epcis_webhook_timeout_s: float = Field(default=10.0, description="One webhook POST, connect to answer")
+    epcis_webhook_attempts: int = Field(default=4, description=(
+        "Tries of one webhook POST (exponential backoff between) before the subscription backs off and "
+        "tries the same events again later; nothing is skipped"))
+    epcis_webhook_backoff_max_s: float = Field(default=300.0, description="Longest wait of a failing subscription")
+    epcis_webhook_batch: int = Field(default=100, description="Events per webhook POST (an EPCISQueryDocument)")
+    epcis_webhook_concurrency: int = Field(default=8, description="Webhook deliveries in flight at once")
+    epcis_subscription_poll_s: float = Field(default=1.0, description="How often stream subscriptions look for new events")
+    epcis_subscription_settle_ms: int = Field(default=2000, description=(
+        "A subscription takes an event once it has been in ClickHouse this long: an insert that is still "
+        "being written when the subscription reads may carry an earlier insert time than rows already read"))
+
     # Who may call it (genealogy.auth, docs/security.md).
     auth: Literal["tokens", "off"] = Field(default="tokens", description=(
         "tokens: every route but /health needs a bearer token (roles reader, capture, admin); "
