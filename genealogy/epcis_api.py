@@ -12,7 +12,9 @@ values); different parameters are AND-ed. Supported: ``eventType``, ``GE_/LT_eve
 ``WD_readPoint``, ``EQ_bizLocation``, ``WD_bizLocation``, ``EQ_eventID``, ``MATCH_epc`` (epcList,
 childEPCs), ``MATCH_anyEPC`` (those, parentID, inputs, outputs), ``MATCH_parentID``,
 ``MATCH_inputEPC``, ``MATCH_outputEPC``, ``MATCH_epcClass`` (the quantity lists' classes),
-``EQ_bizTransaction_<type>``, ``EXISTS_<field>`` (a top-level field, e.g. ``EXISTS_sensorElementList``
+``MATCH_anyEPCClass`` (the same), ``EQ_bizTransaction_<type>``, ``EQ_source_<type>``,
+``EQ_destination_<type>``, ``EQ_transformationID``, ``EQ_persistentDisposition_set`` / ``_unset``,
+``EQ_/GT_/GE_/LT_/LE_quantity``, ``EXISTS_<field>`` (a top-level field, e.g. ``EXISTS_sensorElementList``
 or an extension field ``EXISTS_ex:temperatureLog``), ``EXISTS_errorDeclaration``,
 ``GE_/LT_errorDeclarationTime``, ``EQ_errorReason``, ``EQ_correctiveEventID``, the sensor
 parameters (``EQ_type``, ``EQ_deviceID``, ``EQ_dataProcessingMethod``, ``EQ_microorganism``,
@@ -65,15 +67,21 @@ PAGING = ("perPage", "nextPageToken")
 LISTS = {"eventType": "event_types", "EQ_action": "actions", "EQ_bizStep": "biz_steps",
          "EQ_disposition": "dispositions", "EQ_readPoint": "read_points", "EQ_bizLocation": "biz_locations",
          "WD_readPoint": "wd_read_points", "WD_bizLocation": "wd_biz_locations",
-         "EQ_eventID": "event_ids", "EQ_errorReason": "error_reasons", "EQ_correctiveEventID": "corrective_ids"}
+         "EQ_eventID": "event_ids", "EQ_errorReason": "error_reasons", "EQ_correctiveEventID": "corrective_ids",
+         "EQ_transformationID": "transformation_ids", "EQ_persistentDisposition_set": "pd_set",
+         "EQ_persistentDisposition_unset": "pd_unset"}
 TIMES = {"GE_eventTime": "ge_event_time", "LT_eventTime": "lt_event_time",
          "GE_recordTime": "ge_record_time", "LT_recordTime": "lt_record_time",
          "GE_errorDeclarationTime": "ge_error_time", "LT_errorDeclarationTime": "lt_error_time",
          # the query schema's spelling (query-schema.json) of the same two
          "GE_errorDeclaration_Time": "ge_error_time", "LT_errorDeclaration_Time": "lt_error_time"}
 MATCHES = {"MATCH_epc": "epc", "MATCH_anyEPC": "any_epc", "MATCH_parentID": "parent_id",
-           "MATCH_inputEPC": "input_epc", "MATCH_outputEPC": "output_epc", "MATCH_epcClass": "epc_class"}
+           "MATCH_inputEPC": "input_epc", "MATCH_outputEPC": "output_epc", "MATCH_epcClass": "epc_class",
+           # the classes of every quantity list: what MATCH_epcClass matches here too (see the module doc)
+           "MATCH_anyEPCClass": "epc_class"}
 BIZ_TRANSACTION = "EQ_bizTransaction_"
+SOURCE, DESTINATION = "EQ_source_", "EQ_destination_"
+QUANTITY = re.compile(r"(EQ|GT|GE|LT|LE)_quantity")
 # Sensor parameters compared as text: parameter -> field of a sensorReport (or its sensorMetadata).
 SENSOR_TEXT = {f"EQ_{f}": f for f in ("type", "deviceID", "dataProcessingMethod", "microorganism", "chemicalSubstance",
                                      "bizRules", "stringValue", "booleanValue", "hexBinaryValue", "uriValue")}
@@ -144,7 +152,8 @@ def parse_query(items: Iterable[tuple[str, str]], fixed: dict[str, str] | None =
         grouped[name] = [value]
     query, per_page, token, direction = EventQuery(), DEFAULT_PAGE, None, "DESC"
     for name, raw in grouped.items():
-        if name in TIMES or name in PAGING or name in ONE_VALUE or SENSOR_NUMBER.fullmatch(name) or SENSOR_TIME.fullmatch(name):
+        if name in TIMES or name in PAGING or name in ONE_VALUE or SENSOR_NUMBER.fullmatch(name) or SENSOR_TIME.fullmatch(name) \
+                or QUANTITY.fullmatch(name):
             if len(raw) > 1:
                 raise QueryProblem(f"{name}: given {len(raw)} times; it takes one value")
             value = raw[0].strip()
@@ -156,7 +165,8 @@ def parse_query(items: Iterable[tuple[str, str]], fixed: dict[str, str] | None =
                 values = [v.upper() for v in values]
                 if bad := [v for v in values if v not in ACTIONS]:
                     raise QueryProblem(f"EQ_action: {bad[0]!r} is not one of {', '.join(ACTIONS)}")
-            if name in ("EQ_bizStep", "EQ_disposition", "EQ_errorReason"):
+            if name in ("EQ_bizStep", "EQ_disposition", "EQ_errorReason", "EQ_persistentDisposition_set",
+                        "EQ_persistentDisposition_unset"):
                 values = [epcis_event.cbv_term(v) for v in values]
             setattr(query, LISTS[name], values)
         elif name in TIMES:
@@ -169,6 +179,13 @@ def parse_query(items: Iterable[tuple[str, str]], fixed: dict[str, str] | None =
         elif name.startswith(BIZ_TRANSACTION) and len(name) > len(BIZ_TRANSACTION):
             kind = epcis_event.cbv_term(name[len(BIZ_TRANSACTION):])
             query.biz_transactions[kind] = list(dict.fromkeys(query.biz_transactions.get(kind, []) + _values(name, raw)))
+        elif name.startswith((SOURCE, DESTINATION)) and len(name) > len(DESTINATION if name.startswith(DESTINATION) else SOURCE):
+            prefix = DESTINATION if name.startswith(DESTINATION) else SOURCE
+            lists = query.destinations if prefix == DESTINATION else query.sources
+            kind = epcis_event.cbv_term(name[len(prefix):])
+            lists[kind] = list(dict.fromkeys(lists.get(kind, []) + _values(name, raw)))
+        elif m := QUANTITY.fullmatch(name):
+            query.quantities.append((m.group(1), _number(name, value)))
         elif name in SENSOR_TEXT:
             values = _values(name, raw)
             if name == "EQ_type":

@@ -25,6 +25,10 @@ with ClickHouse's JSON functions, so events captured before a parameter was supp
 * ``EXISTS_<field>``: a top-level field of the event, present and not null, ``[]``, ``{}`` or ``""``.
 * the error declaration: present (an object), its ``declarationTime``, its ``reason`` (CBV term in
   its bare form), its ``correctiveEventIDs``.
+* ``transformationID``, ``persistentDisposition`` (``set`` / ``unset``, CBV terms in their bare
+  form), ``sourceList`` / ``destinationList`` (per type, bare, AND across types like
+  bizTransactions), and the ``quantity`` of the quantity elements of every quantity list (all
+  quantity parameters of a query hold for one element).
 * sensor data: the pairs (sensorMetadata, sensorReport) of every sensorElement (an element without
   reports is one pair with an empty report). A field a report lacks is taken from its element's
   metadata (the standard: the report's value overrides the metadata's). All sensor parameters of a
@@ -87,10 +91,15 @@ _SENSOR = f"""
                  {{t_fields:Array(String)}}, {{t_ops:Array(String)}}, {{t_values:Array(Int64)}}),
     {_PAIRS}))"""
 
+# A CBV term in its bare form, as genealogy.domain.epcis_event.cbv_term makes it.
+_BARE_CBV = ("replaceRegexpOne({x}, '(?i)^(?:urn:epcglobal:cbv:(?:bizstep|disp|btt|sdt|er):|"
+             "(?:https?://ref\\\\.gs1\\\\.org/cbv/|cbv:|gs1:)(?:BizStep|Disp|BTT|SDT|ER)-)', '')")
+_QUANTITIES = ("arrayConcat(JSONExtractArrayRaw(event_json, 'quantityList'), JSONExtractArrayRaw(event_json, 'childQuantityList'), "
+               "JSONExtractArrayRaw(event_json, 'inputQuantityList'), JSONExtractArrayRaw(event_json, 'outputQuantityList'))")
+_PERSISTENT = "JSONExtractRaw(event_json, 'persistentDisposition')"
 _ERROR = "JSONExtractRaw(event_json, 'errorDeclaration')"
 _ERROR_TIME = f"toUnixTimestamp64Milli(parseDateTime64BestEffortOrNull(JSONExtractString({_ERROR}, 'declarationTime'), 3, 'UTC'))"
-_ERROR_REASON = (f"replaceRegexpOne(JSONExtractString({_ERROR}, 'reason'), "
-                 "'(?i)^(?:urn:epcglobal:cbv:er:|(?:https?://ref\\\\.gs1\\\\.org/cbv/|cbv:|gs1:)ER-)', '')")
+_ERROR_REASON = _BARE_CBV.format(x=f"JSONExtractString({_ERROR}, 'reason')")
 
 FILTER = f"""
   (empty({{event_ids:Array(String)}}) OR event_id IN {{event_ids:Array(String)}})
@@ -127,6 +136,22 @@ FILTER = f"""
   AND ({{lt_error_time:Int64}} = {INT64_MAX} OR ifNull({_ERROR_TIME} < {{lt_error_time:Int64}}, false))
   AND (empty({{error_reasons:Array(String)}}) OR (JSONType(event_json, 'errorDeclaration') = 'Object'
        AND JSONHas({_ERROR}, 'reason') AND {_ERROR_REASON} IN {{error_reasons:Array(String)}}))
+  AND (empty({{transformation_ids:Array(String)}}) OR has({{transformation_ids:Array(String)}}, JSONExtractString(event_json, 'transformationID')))
+  AND (empty({{pd_set:Array(String)}}) OR hasAny(arrayMap(x -> {_BARE_CBV.format(x="x")}, JSONExtract({_PERSISTENT}, 'set', 'Array(String)')),
+                                              {{pd_set:Array(String)}}))
+  AND (empty({{pd_unset:Array(String)}}) OR hasAny(arrayMap(x -> {_BARE_CBV.format(x="x")}, JSONExtract({_PERSISTENT}, 'unset', 'Array(String)')),
+                                                {{pd_unset:Array(String)}}))
+  AND arrayAll((t, vs) -> arrayExists(x -> {_BARE_CBV.format(x="JSONExtractString(x, 'type')")} = t AND has(vs, JSONExtractString(x, 'source')),
+                                      JSONExtractArrayRaw(event_json, 'sourceList')),
+               {{src_types:Array(String)}}, {{src_ids:Array(Array(String))}})
+  AND arrayAll((t, vs) -> arrayExists(x -> {_BARE_CBV.format(x="JSONExtractString(x, 'type')")} = t AND has(vs, JSONExtractString(x, 'destination')),
+                                      JSONExtractArrayRaw(event_json, 'destinationList')),
+               {{dst_types:Array(String)}}, {{dst_ids:Array(Array(String))}})
+  AND (empty({{q_ops:Array(String)}}) OR arrayExists(q -> JSONType(q, 'quantity') IN ('Int64', 'UInt64', 'Double')
+       AND arrayAll((op, v) -> multiIf(op = 'GE', JSONExtractFloat(q, 'quantity') >= v, op = 'GT', JSONExtractFloat(q, 'quantity') > v,
+                                       op = 'LE', JSONExtractFloat(q, 'quantity') <= v, op = 'LT', JSONExtractFloat(q, 'quantity') < v,
+                                       JSONExtractFloat(q, 'quantity') = v), {{q_ops:Array(String)}}, {{q_values:Array(Float64)}}),
+       {_QUANTITIES}))
   AND (empty({{corrective_ids:Array(String)}})
        OR hasAny(JSONExtract({_ERROR}, 'correctiveEventIDs', 'Array(String)'), {{corrective_ids:Array(String)}}))
   {_SENSOR}
@@ -151,7 +176,8 @@ EVENT_SQL = "SELECT event_json FROM epcis_events FINAL WHERE event_id = {event_i
 
 MATCH_FIELDS = ("epc", "any_epc", "parent_id", "input_epc", "output_epc", "epc_class")
 LIST_FIELDS = ("event_ids", "event_types", "actions", "biz_steps", "dispositions", "read_points", "wd_read_points",
-               "biz_locations", "wd_biz_locations", "exists", "error_reasons", "corrective_ids")
+               "biz_locations", "wd_biz_locations", "exists", "error_reasons", "corrective_ids", "transformation_ids",
+               "pd_set", "pd_unset")
 ORDER_KEYS = ("eventTime", "recordTime")
 
 
@@ -180,6 +206,12 @@ class EventQuery:
     lt_error_time: int = INT64_MAX
     error_reasons: list[str] = field(default_factory=list)   # bare CBV terms
     corrective_ids: list[str] = field(default_factory=list)
+    transformation_ids: list[str] = field(default_factory=list)
+    pd_set: list[str] = field(default_factory=list)          # EQ_persistentDisposition_set (bare CBV terms)
+    pd_unset: list[str] = field(default_factory=list)
+    sources: dict[str, list[str]] = field(default_factory=dict)        # EQ_source_<type>: type -> ids
+    destinations: dict[str, list[str]] = field(default_factory=dict)   # EQ_destination_<type>
+    quantities: list[tuple[str, float]] = field(default_factory=list)  # EQ_/GT_/GE_/LT_/LE_quantity: (op, value)
     sensor_text: dict[str, list[str]] = field(default_factory=dict)              # field -> values (OR)
     sensor_numbers: list[tuple[str, str, str, float]] = field(default_factory=list)  # (field, GE|GT|LE|LT|EQ, uom, value)
     sensor_times: list[tuple[str, str, int]] = field(default_factory=list)        # (field, GE|LT, epoch ms)
@@ -199,6 +231,10 @@ class EventQuery:
             out.update({name: written, f"{name}_norm": norm, f"{name}_prefix": prefix})
         types = sorted(self.biz_transactions)
         out.update(bt_types=types, bt_ids=[self.biz_transactions[t] for t in types])
+        for name, lists in (("src", self.sources), ("dst", self.destinations)):
+            types = sorted(lists)
+            out.update({f"{name}_types": types, f"{name}_ids": [lists[t] for t in types]})
+        out.update(q_ops=[q[0] for q in self.quantities], q_values=[float(q[1]) for q in self.quantities])
         fields = sorted(self.sensor_text)
         out.update(sensor=bool(fields or self.sensor_numbers or self.sensor_times),
                    s_fields=fields, s_values=[self.sensor_text[f] for f in fields],

@@ -68,7 +68,8 @@ def test_the_path_fixes_a_parameter_the_query_may_not_repeat():
     "EXISTS_errorDeclaration=maybe", "EXISTS_a%20b", "EXISTS_INNER_ex:f", "EXISTS_ILMD_ex:f", "EXISTS_=1",
     "GE_errorDeclarationTime=soon", "EQ_errorReason=", "EQ_booleanValue=yes", "GE_value_CEL=warm",
     "GE_value_CEL=nan", "LT_value_CEL=inf", "GE_value_CEL=1&GE_value_CEL=2", "GE_value_celsius=1", "GE_time=noon",
-    "EQ_quantity=3", "EQ_ex:field=1", "EQ_INNER_ex:f=1"])
+    "EQ_quantity=lots", "GT_quantity=1&GT_quantity=2", "EQ_source_=x", "EQ_destination_owning_party=",
+    "EQ_transformationID=", "EQ_ex:field=1", "EQ_INNER_ex:f=1", "MATCH_inputEPCClass=x"])
 def test_bad_parameters_are_query_parameter_problems(query):
     with pytest.raises(api.QueryProblem) as caught:
         parse(query)
@@ -94,6 +95,13 @@ def test_order_counts_and_the_newer_parameters_parse():
     assert q.sensor_text == {"type": ["Temperature", "Humidity"], "booleanValue": ["true"]}
     assert q.sensor_numbers == [("value", "GE", "CEL", 2.5), ("maxValue", "LT", "FAH", 40.0), ("percRank", "GE", "", 50.0)]
     assert q.sensor_times == [("time", "GE", 1767600000000), ("endTime", "LT", 1767603600000)]
+    q2, _, _ = parse("EQ_source_owning_party=a,b&EQ_source_urn:epcglobal:cbv:sdt:location=c&EQ_destination_location=d"
+                     "&EQ_persistentDisposition_set=urn:epcglobal:cbv:disp:completeness_verified&GT_quantity=2&LE_quantity=5.5"
+                     "&EQ_transformationID=urn:epc:id:gdti:0614141.12345.400&MATCH_anyEPCClass=urn:epc:idpat:sgtin:0614141.107346.*")
+    p2 = q2.parameters()
+    assert p2["src_types"] == ["location", "owning_party"] and p2["src_ids"] == [["c"], ["a", "b"]] and p2["dst_types"] == ["location"]
+    assert q2.pd_set == ["completeness_verified"] and q2.quantities == [("GT", 2.0), ("LE", 5.5)]
+    assert q2.transformation_ids == ["urn:epc:id:gdti:0614141.12345.400"] and q2.matches["epc_class"][2] == ["serial:10614141073464:", "lot:10614141073464:"]
     p = q.parameters()
     assert p["sensor"] is True and p["s_fields"] == ["booleanValue", "type"] and p["n_uoms"] == ["CEL", "FAH", ""]
 

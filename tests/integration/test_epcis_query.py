@@ -90,7 +90,7 @@ def generated_events(n: int = 60, seed: int = 7) -> list[dict]:
 
 # --- the brute-force filter: the standard's wording, in plain Python -------------------------------
 
-CBV = re.compile(r"(?:urn:epcglobal:cbv:(?:bizstep|disp|btt|er):|https://ref\.gs1\.org/cbv/(?:BizStep|Disp|BTT|ER)-)(.+)")
+CBV = re.compile(r"(?:urn:epcglobal:cbv:(?:bizstep|disp|btt|sdt|er):|https://ref\.gs1\.org/cbv/(?:BizStep|Disp|BTT|SDT|ER)-)(.+)")
 
 
 def term(value) -> str:
@@ -200,6 +200,17 @@ def sensor_match(e: dict, params: dict[str, str]) -> bool:
     return any(holds(meta, report) for meta, report in pairs)
 
 
+QUANTITY_LISTS = ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList")
+
+
+def quantity_elements(e: dict) -> list[dict]:
+    return [q for key in QUANTITY_LISTS for q in e.get(key) or [] if isinstance(q, dict)]
+
+
+def quantity_classes(e: dict) -> list[str]:
+    return [q["epcClass"] for q in quantity_elements(e) if q.get("epcClass")]
+
+
 def present(value) -> bool:
     return value not in (None, [], {}, "")
 
@@ -222,6 +233,11 @@ def brute(events: dict[str, dict], params: dict[str, str]) -> set[str]:
     def keep(e: dict) -> bool:
         if not sensor_match(e, params):
             return False
+        quantity = {n[:2]: float(v) for n, v in params.items() if re.fullmatch(r"(EQ|GT|GE|LT|LE)_quantity", n)}
+        if quantity and not any(isinstance(q.get("quantity"), (int, float)) and not isinstance(q.get("quantity"), bool)
+                                and all(COMPARE[op](q["quantity"], v) for op, v in quantity.items())
+                                for q in quantity_elements(e)):
+            return False
         declared = e.get("errorDeclaration") if isinstance(e.get("errorDeclaration"), dict) else None
         for name, raw in params.items():
             values = raw.split(",")
@@ -240,6 +256,19 @@ def brute(events: dict[str, dict], params: dict[str, str]) -> set[str]:
                                              or term(declared["reason"]) not in map(term, values)):
                 return False
             if name == "EQ_correctiveEventID" and (declared is None or not set(declared.get("correctiveEventIDs") or []) & set(values)):
+                return False
+            if name == "EQ_transformationID" and e.get("transformationID") not in values:
+                return False
+            if name.startswith("EQ_persistentDisposition_"):
+                listed = (e.get("persistentDisposition") or {}).get(name.rsplit("_", 1)[1]) or []
+                if not {term(v) for v in listed} & {term(v) for v in values}:
+                    return False
+            for prefix, key, role in (("EQ_source_", "sourceList", "source"), ("EQ_destination_", "destinationList", "destination")):
+                if name.startswith(prefix) and not any(term(x.get("type")) == term(name[len(prefix):]) and x.get(role) in values
+                                                       for x in e.get(key) or []):
+                    return False
+            # Here MATCH_epcClass matches the classes of every quantity list, like MATCH_anyEPCClass.
+            if name in ("MATCH_epcClass", "MATCH_anyEPCClass") and not any(epc_matches(c, v) for c in quantity_classes(e) for v in values):
                 return False
             if name == "WD_readPoint" and place(e, "readPoint") not in values:  # no location hierarchy: no descendants
                 return False
@@ -263,7 +292,7 @@ def brute(events: dict[str, dict], params: dict[str, str]) -> set[str]:
                 return False
             if name == "EQ_eventID" and e["_id"] not in values:
                 return False
-            if name.startswith("MATCH_"):
+            if name.startswith("MATCH_") and name not in ("MATCH_epcClass", "MATCH_anyEPCClass"):
                 role = name[len("MATCH_"):]
                 if not any(epc_matches(epc, v) for epc in role_epcs(e, role) for v in values):
                     return False
@@ -406,6 +435,13 @@ def later_cases(events: dict) -> list[dict]:
     sensor_times = sorted(instant(r.get("time") or m.get("time")) for m, r in reports if r.get("time") or m.get("time"))
     starts = sorted(instant(m["startTime"]) for m, _ in reports if m.get("startTime"))
     ends = sorted(instant(m["endTime"]) for m, _ in reports if m.get("endTime"))
+    transformations = some(events, lambda e: [e.get("transformationID")])
+    sources = [s.split("|", 1) for s in some(events, lambda e: [f"{term(x.get('type'))}|{x.get('source')}" for x in e.get("sourceList") or []])]
+    destinations = [s.split("|", 1) for s in some(
+        events, lambda e: [f"{term(x.get('type'))}|{x.get('destination')}" for x in e.get("destinationList") or []])]
+    classes = some(events, quantity_classes)
+    quantities = some(events, lambda e: [str(q["quantity"]) for q in quantity_elements(e) if isinstance(q.get("quantity"), (int, float))])
+    assert transformations and len(sources) > 2 and destinations and classes and quantities
     assert len(declared) > 10 and len(reports) > 40 and len(devices) > 3 and len(celsius) > 10  # there is something to find
     return [
         {"orderBy": "eventTime"}, {"orderBy": "eventTime", "orderDirection": "ASC"},
@@ -437,6 +473,15 @@ def later_cases(events: dict) -> list[dict]:
         {"GE_time": at(sensor_times[len(sensor_times) // 2])}, {"LT_time": at(sensor_times[len(sensor_times) // 2])},
         {"GE_startTime": at(starts[len(starts) // 2])}, {"LT_endTime": at(ends[len(ends) // 2])},
         {"EQ_type": "Temperature", "GE_value_CEL": "20", "GE_time": at(sensor_times[0])},
+        {"EQ_transformationID": transformations[0]}, {"EQ_transformationID": ",".join(transformations[:3])},
+        {"EQ_persistentDisposition_set": "completeness_verified"},
+        {"EQ_persistentDisposition_unset": "urn:epcglobal:cbv:disp:completeness_inferred,unknown"},
+        {f"EQ_source_{sources[0][0]}": sources[0][1]}, {f"EQ_source_urn:epcglobal:cbv:sdt:{sources[1][0]}": sources[1][1]},
+        {f"EQ_destination_{destinations[0][0]}": ",".join(d for _, d in destinations[:3])},
+        {f"EQ_source_{sources[0][0]}": sources[0][1], f"EQ_destination_{destinations[0][0]}": destinations[0][1]},
+        {"MATCH_anyEPCClass": classes[0]}, {"MATCH_anyEPCClass": "urn:epc:idpat:sgtin:4012345.011111.*"},
+        {"MATCH_epcClass": ",".join(classes[1:3])}, {"MATCH_anyEPCClass": "https://id.gs1.org/01/04012345111118"},
+        {"GT_quantity": "100"}, {"LE_quantity": "50"}, {"GE_quantity": "10", "LT_quantity": "500"}, {"EQ_quantity": quantities[0]},
     ]
 
 
