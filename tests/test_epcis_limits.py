@@ -115,3 +115,10 @@ def test_max_event_count_and_event_count_limit(make_service):
     assert fits[0] == 200 and len(fits[2]["epcisBody"]["queryResults"]["resultsBody"]["eventList"]) == EVENTS
     newest = [e["eventTime"] for e in limited[2]["epcisBody"]["queryResults"]["resultsBody"]["eventList"]]
     assert newest == sorted((event(i)["eventTime"] for i in range(EVENTS)), reverse=True)[:3]
+
+
+def test_memory_over_the_cap_is_query_too_complex(make_service):
+    service = make_service(epcis_max_memory_bytes=64 << 10)
+    [answer] = get(service, "/events?perPage=30&EQ_type=Temperature")
+    assert "memory" in assert_problem(answer, 413, "QueryTooComplexException")["detail"].lower()
+    the_sink_still_writes(service)
