@@ -175,6 +175,9 @@ def parse_query(items: Iterable[tuple[str, str]], fixed: dict[str, str] | None =
             except ValueError as exc:
                 raise QueryProblem(f"{name}: {exc}") from None
         elif name in MATCHES:
+            if MATCHES[name] in query.matches:  # MATCH_epcClass and MATCH_anyEPCClass: one column here
+                raise QueryProblem(f"{name}: MATCH_epcClass and MATCH_anyEPCClass match the same classes here "
+                                   "(every quantity list's); give one of them")
             query.matches[MATCHES[name]] = match_values(_values(name, raw))
         elif name.startswith(BIZ_TRANSACTION) and len(name) > len(BIZ_TRANSACTION):
             kind = epcis_event.cbv_term(name[len(BIZ_TRANSACTION):])

@@ -69,7 +69,8 @@ def test_the_path_fixes_a_parameter_the_query_may_not_repeat():
     "GE_errorDeclarationTime=soon", "EQ_errorReason=", "EQ_booleanValue=yes", "GE_value_CEL=warm",
     "GE_value_CEL=nan", "LT_value_CEL=inf", "GE_value_CEL=1&GE_value_CEL=2", "GE_value_celsius=1", "GE_time=noon",
     "EQ_quantity=lots", "GT_quantity=1&GT_quantity=2", "EQ_source_=x", "EQ_destination_owning_party=",
-    "EQ_transformationID=", "EQ_ex:field=1", "EQ_INNER_ex:f=1", "MATCH_inputEPCClass=x"])
+    "EQ_transformationID=", "EQ_ex:field=1", "EQ_INNER_ex:f=1", "MATCH_inputEPCClass=x",
+    "MATCH_epcClass=a&MATCH_anyEPCClass=b"])
 def test_bad_parameters_are_query_parameter_problems(query):
     with pytest.raises(api.QueryProblem) as caught:
         parse(query)
