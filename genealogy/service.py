@@ -12,9 +12,11 @@ run as many replicas as wanted (``--no-sink`` for query-only replicas).
     GET  /linkage                    does the serial data join? (data quality)
     GET  /granularity?item=|lot=|serial=[&unit_value=&recall_probability=&units_per_year=]
     POST /sql   {"sql": "...", "parameters": {...}}   read-only analyst SQL
-    POST /capture, POST /events      EPCIS 2.0 capture: an EPCISDocument or one event (JSON / JSON-LD)
+    POST /capture                    EPCIS 2.0 capture: an EPCISDocument or one event (JSON / JSON-LD)
+    POST /events                     EPCIS 2.0 capture of one event: 201 + Location: /events/{eventID}
     GET  /events?<EPCIS 2.0 query parameters>[&perPage=&nextPageToken=]   EPCIS 2.0 query (genealogy.epcis_api)
-    GET  /events/{eventID}, GET /epcs/{epc}/events, GET /eventTypes/{type}/events
+    GET  /events/{eventID}           that event, in an EPCISQueryDocument
+    GET  /epcs/{epc}/events, GET /eventTypes/{type}/events
     GET  /capture/{captureID}        what a capture became (POST /capture answers 202 with its Location)
     /queries[/{queryName}[/events|/subscriptions[/{id}]]]   EPCIS 2.0 named queries and webhook subscriptions
                                      (genealogy.epcis_subscriptions)
@@ -35,6 +37,7 @@ import os
 import signal
 import threading
 import time
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -134,6 +137,9 @@ class Service:
             max_rows_to_read=settings.analyst_max_rows_to_read,
             max_threads=settings.analyst_max_threads), sessions=settings.analyst_sessions,
             own_user=bool(settings.analyst_dsn))
+        # EPCIS queries get sessions of their own too, capped by ClickHouse (sinks.epcis_query).
+        self.epcis = epcis_query.EpcisSessions(settings.epcis_store_dsn, epcis_query.epcis_limits(settings),
+                                               sessions=settings.epcis_sessions, own_user=bool(settings.epcis_dsn))
         # One serde: with a Schema Registry, building it registers the schemas (a round trip each).
         serde = schemas.serde_for(settings)
         self.sink = KafkaSink(settings, self.writer, serde) if with_sink else None
@@ -194,6 +200,7 @@ class Service:
         self.spool.close()
         self.capture_jobs.close()
         self.analyst.close()
+        self.epcis.close()
         self.connection.close()
 
     # --- answers (blocking; run in a thread by the handlers) ----------------------
@@ -266,14 +273,38 @@ class Service:
         self.capture_jobs.record(capture_id, created_ms, rejects)
         return {"captureID": capture_id, "accepted": result.counts, "rejects": rejects, "untraceable": result.untraceable}
 
-    def epcis_page(self, query: epcis_query.EventQuery, after: str, per_page: int) -> tuple[list[tuple[str, dict]], bool]:
-        """A page of the EPCIS query: (event id, event as captured) in event id order, and whether more follow."""
-        rows, more = epcis_query.events_page(self.connection, query, after, per_page)
-        return [(event_id, json.loads(event_json)) for event_id, event_json in rows], more
+    def epcis_page(self, query: epcis_query.EventQuery, cursor: tuple[int, str] | None,
+                   per_page: int) -> tuple[list[tuple[str, dict, int]], bool]:
+        """A page of the EPCIS query on the EPCIS sessions: (event id, event as captured, sort key) in
+        (sort key, event id) order, and whether more follow. The first page (no cursor) of a query with
+        maxEventCount counts the matches first: more than that is QueryTooLargeException. A cap of the
+        sessions hit: QueryTooLarge/-ComplexException (sinks.epcis_query.LimitExceeded)."""
+        if cursor is None and query.max_event_count is not None:
+            if epcis_query.count_up_to(self.epcis, query, query.max_event_count + 1) > query.max_event_count:
+                raise epcis_api.QueryProblem(f"more than maxEventCount ({query.max_event_count}) events match",
+                                             413, "QueryTooLargeException")
+        rows, more = epcis_query.events_page(self.epcis, query, cursor, per_page)
+        return [(event_id, json.loads(event_json), key) for event_id, event_json, key in rows], more
 
     def epcis_event(self, event_id: str) -> dict | None:
-        found = epcis_query.event_by_id(self.connection, event_id)
+        found = epcis_query.event_by_id(self.epcis, event_id)
         return None if found is None else json.loads(found)
+
+    def capture_event(self, body: bytes, origin: str) -> dict:
+        """POST /events: one event, mapped and spooled like a capture; the event as kept (with its
+        eventID and recordTime). QueryProblem (ValidationException, 400) when it is not one event or was
+        rejected (the reject is a dead letter too, as on /capture)."""
+        result = ingest_lines(body.splitlines(keepends=True), "epcis", origin)
+        if result.values != 1:
+            raise epcis_api.QueryProblem(f"POST /events takes one event, not {result.values} JSON values",
+                                         400, "ValidationException")
+        spool_ingest(self.settings, result, self.spool)
+        if result.dead_letters:
+            raise epcis_api.QueryProblem(result.dead_letters[0]["reason"], 400, "ValidationException")
+        if len(result.epcis) != 1:
+            raise epcis_api.QueryProblem(f"POST /events takes one event, not {len(result.epcis)}; send documents "
+                                         "to POST /capture", 400, "ValidationException")
+        return {"eventID": result.epcis[0]["event_id"], "event": json.loads(result.epcis[0]["json"])}
 
     def reprocess(self) -> dict:
         from genealogy.sinks.reprocess import reprocess_late
@@ -461,34 +492,79 @@ def make_app(service: Service) -> web.Application:
             return _problem(epcis_api.QueryProblem(f"no capture job {capture_id!r}", 404, "NoSuchResourceException"))
         return web.Response(text=_dumps(job), content_type="application/json", headers=EPCIS_HEADERS)
 
+    async def epcis_call(fn, *args):
+        """Run an EPCIS query on its sessions; every failure is a problem (RFC 7807), never a traceback:
+        a cap ClickHouse enforced 413 (QueryTooLarge / QueryTooComplexException, the standard's
+        413QueryScopeOrSize), every session busy 503, anything else 500 ImplementationException."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except epcis_query.LimitExceeded as exc:
+            kind = "QueryTooLargeException" if exc.too_large else "QueryTooComplexException"
+            raise epcis_api.QueryProblem(f"stopped by the repository's limits: {exc}", 413, kind) from None
+        except epcis_query.Busy as exc:
+            raise epcis_api.QueryProblem(str(exc), 503, "ImplementationException") from None
+        except epcis_api.QueryProblem:
+            raise
+        except Exception:
+            log.exception("EPCIS query failed")
+            raise epcis_api.QueryProblem("the query failed; the service log has the details", 500,
+                                         "ImplementationException") from None
+
     async def epcis_query_answer(request, fixed: dict | None = None):
         """GET /events and the resources that are queries with a parameter fixed by the path."""
         items = list(request.query.items())
         try:
             query, per_page, token = epcis_api.parse_query(items, fixed)
             bound_to = epcis_api.fingerprint(items, fixed)
-            after = service.page_tokens.decode(token, bound_to) if token else ""
+            key, after, delivered = service.page_tokens.cursor(token, bound_to) if token else (0, "", 0)
+            limit = query.event_count_limit
+            size = per_page if limit is None else min(per_page, limit - delivered)
+            page, more = await epcis_call(service.epcis_page, query, (key, after) if token else None, size) \
+                if size > 0 else ([], False)
         except epcis_api.QueryProblem as problem:
             return _problem(problem)
-        page, more = await asyncio.get_running_loop().run_in_executor(None, service.epcis_page, query, after, per_page)
+        delivered += len(page)
         headers = dict(EPCIS_HEADERS)
-        if more:
-            next_token, expires = service.page_tokens.encode(page[-1][0], bound_to)
+        if more and (limit is None or delivered < limit):
+            next_token, expires = service.page_tokens.encode(page[-1][0], bound_to, key=page[-1][2], delivered=delivered)
             url = request.url.with_query([(k, v) for k, v in items if k != "nextPageToken"] + [("nextPageToken", next_token)])
             headers["Link"] = f'<{url}>; rel="next"'
             headers["GS1-Next-Page-Token-Expires"] = epcis_event.format_time(expires * 1000)
-        body = epcis_api.query_document([event for _, event in page])
+        body = epcis_api.query_document([event for _, event, _ in page])
         return web.Response(text=_dumps(body), content_type="application/json", headers=headers)
 
     async def epcis_events(request):
         return await epcis_query_answer(request)
 
     async def one_event(request):
+        """The standard (openapi.yaml, GET /events/{eventID}): an EPCISQueryDocument enclosing the event."""
         event_id = request.match_info["event_id"]
-        event = await asyncio.get_running_loop().run_in_executor(None, service.epcis_event, event_id)
+        try:
+            event = await epcis_call(service.epcis_event, event_id)
+        except epcis_api.QueryProblem as problem:
+            return _problem(problem)
         if event is None:
             return _problem(epcis_api.QueryProblem(f"no event with eventID {event_id!r}", 404, "NoSuchResourceException"))
-        return web.Response(text=_dumps(event), content_type="application/json", headers=EPCIS_HEADERS)
+        return web.Response(text=_dumps(epcis_api.query_document([event])), content_type="application/json",
+                            headers=EPCIS_HEADERS)
+
+    async def capture_event(request):
+        """POST /events, the standard's synchronous capture of one event: 201, Location: /events/{eventID},
+        the event as kept; 400 ValidationException when it is not one event or is rejected."""
+        body = await _body(request, settings.capture_max_body_bytes)
+        origin = f"http{request.path}:{epcis_api.CaptureJobs.new_id()}"
+        try:
+            kept = await asyncio.get_running_loop().run_in_executor(None, service.capture_event, body, origin)
+        except epcis_api.QueryProblem as problem:
+            return _problem(problem)
+        except RecursionError:
+            return _problem(epcis_api.QueryProblem("the event is nested too deeply", 400, "ValidationException"))
+        except Exception:
+            log.exception("POST /events failed")
+            return _problem(epcis_api.QueryProblem("the capture failed; the service log has the details", 500,
+                                                   "ImplementationException"))
+        headers = {**EPCIS_HEADERS, "Location": f"/events/{quote(kept['eventID'], safe='')}"}
+        return web.Response(text=_dumps(kept["event"]), status=201, content_type="application/json", headers=headers)
 
     async def epc_events(request):
         return await epcis_query_answer(request, {"MATCH_anyEPC": request.match_info["epc"]})
@@ -535,7 +611,7 @@ def make_app(service: Service) -> web.Application:
                           middlewares=[*auth.middlewares(service.settings), json_errors])
     app.add_routes([web.get("/health", health), web.get("/status", status), web.get("/recall", do_recall),
                     web.get("/trace", do_trace), web.get("/linkage", do_linkage), web.get("/granularity", do_granularity),
-                    web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture),
+                    web.post("/sql", sql), web.post("/capture", capture), web.post("/events", capture_event),
                     web.post("/reprocess", do_reprocess), web.get("/events", epcis_events),
                     web.get("/events/{event_id:.+}", one_event), web.get("/epcs/{epc:.+}/events", epc_events),
                     web.get("/eventTypes/{event_type}/events", event_type_events),

@@ -115,6 +115,19 @@ class Settings(BaseSettings):
     analyst_max_rows_to_read: int = Field(default=0, description="Rows an analyst query may read; 0 = no cap")
     analyst_max_threads: int = Field(default=1, description="Threads an analyst query may use (the rest stay with recall and the sink)")
 
+    # The EPCIS query interface (GET /events ...): its own ClickHouse sessions, capped by ClickHouse
+    # (sinks.epcis_query, docs/security.md). A query over a cap answers 413 (QueryTooLarge/-Complex).
+    epcis_dsn: str = Field(default="", description=(
+        "ClickHouse for EPCIS queries, e.g. the read-only `epcis` user of deploy/clickhouse-epcis.sql (its "
+        "settings profile holds the caps); empty = the store's (embedded: sessions of their own, readonly, capped)"))
+    epcis_sessions: int = Field(default=2, description="EPCIS queries that can run at once")
+    epcis_max_execution_s: float = Field(default=10.0, description="An EPCIS query is stopped after this long")
+    epcis_max_memory_bytes: int = Field(default=1 << 30, description="Memory one EPCIS query may use")
+    epcis_max_result_rows: int = Field(default=10_000, description="Rows one EPCIS query may answer (a page is at most 1,001)")
+    epcis_max_result_bytes: int = Field(default=256 << 20, description="Bytes one EPCIS query may answer")
+    epcis_max_rows_to_read: int = Field(default=0, description="Rows one EPCIS query may read; 0 = no cap")
+    epcis_max_threads: int = Field(default=2, description="Threads one EPCIS query may use")
+
     # The sink retries a failed ClickHouse insert (offsets not committed) with backoff up to this long
     # between tries; while it cannot write, /health answers 503.
     sink_retry_max_s: float = 30.0
@@ -215,6 +228,10 @@ class Settings(BaseSettings):
     @property
     def analyst_store_dsn(self) -> str:
         return self.analyst_dsn or self.store_dsn
+
+    @property
+    def epcis_store_dsn(self) -> str:
+        return self.epcis_dsn or self.store_dsn
 
     @property
     def tokens_path(self) -> Path:

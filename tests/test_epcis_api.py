@@ -59,12 +59,52 @@ def test_the_path_fixes_a_parameter_the_query_may_not_repeat():
 @pytest.mark.parametrize("query", [
     "EQ_nonsense=1", "GE_eventTime=yesterday", "GE_eventTime=2026-01-05T08:00:00", "LT_recordTime=2026-01-05T08:00:00Z&LT_recordTime=2026-01-06T08:00:00Z",
     "perPage=0", "perPage=1001", "perPage=ten", "perPage=-1", "EQ_action=MOVE", "eventType=FooEvent", "EQ_bizStep=",
-    "EQ_bizStep=a,,b", "nextPageToken=", "EQ_bizTransaction_=x", "orderBy=eventTime"])
+    "EQ_bizStep=a,,b", "nextPageToken=", "EQ_bizTransaction_=x",
+    # order and counts (the standard: eventCountLimit needs orderBy, excludes maxEventCount)
+    "orderBy=quantity", "orderBy=ex:myField", "orderBy=eventTime&orderBy=recordTime", "orderDirection=UP",
+    "eventCountLimit=3", "orderBy=eventTime&eventCountLimit=0", "orderBy=eventTime&eventCountLimit=x",
+    "orderBy=eventTime&eventCountLimit=2&maxEventCount=5", "maxEventCount=-1", "maxEventCount=1e3",
+    # EXISTS_, error declarations, sensors
+    "EXISTS_errorDeclaration=maybe", "EXISTS_a%20b", "EXISTS_INNER_ex:f", "EXISTS_ILMD_ex:f", "EXISTS_=1",
+    "GE_errorDeclarationTime=soon", "EQ_errorReason=", "EQ_booleanValue=yes", "GE_value_CEL=warm",
+    "GE_value_CEL=nan", "LT_value_CEL=inf", "GE_value_CEL=1&GE_value_CEL=2", "GE_value_celsius=1", "GE_time=noon",
+    "EQ_quantity=lots", "GT_quantity=1&GT_quantity=2", "EQ_source_=x", "EQ_destination_owning_party=",
+    "EQ_transformationID=", "EQ_ex:field=1", "EQ_INNER_ex:f=1", "MATCH_inputEPCClass=x",
+    "MATCH_epcClass=a&MATCH_anyEPCClass=b"])
 def test_bad_parameters_are_query_parameter_problems(query):
     with pytest.raises(api.QueryProblem) as caught:
         parse(query)
     problem = caught.value.as_dict()
     assert problem["type"] == "epcisException:QueryParameterException" and problem["status"] == 400 and problem["detail"]
+
+
+def test_order_counts_and_the_newer_parameters_parse():
+    q, _, _ = parse("orderBy=eventTime&eventCountLimit=2")
+    assert (q.order_by, q.descending, q.event_count_limit) == ("eventTime", True, 2)  # DESC is the default
+    q, _, _ = parse("orderBy=recordTime&orderDirection=ASC&maxEventCount=0")
+    assert (q.order_by, q.descending, q.max_event_count) == ("recordTime", False, 0)
+    q, _, _ = parse("orderDirection=ASC")  # without orderBy it orders nothing
+    assert (q.order_by, q.descending) == ("", False)
+    q, _, _ = parse("WD_readPoint=urn:epc:id:sgln:4012345.00001.0&WD_bizLocation=a,b&EXISTS_ex:field&EXISTS_epcList=false"
+                    "&EXISTS_sensorElementList=1&EXISTS_errorDeclaration&EQ_errorReason=urn:epcglobal:cbv:er:incorrect_data"
+                    "&GE_errorDeclarationTime=2026-01-05T08:00:00Z&EQ_correctiveEventID=urn:uuid:1")
+    assert q.wd_read_points == ["urn:epc:id:sgln:4012345.00001.0"] and q.wd_biz_locations == ["a", "b"]
+    assert q.exists == ["ex:field", "sensorElementList"] and q.error_declared and q.error_reasons == ["incorrect_data"]
+    assert q.ge_error_time == 1767600000000 and q.corrective_ids == ["urn:uuid:1"]
+    q, _, _ = parse("EQ_type=gs1:Temperature,https://gs1.org/voc/Humidity&EQ_booleanValue=TRUE&GE_value_CEL=2.5"
+                    "&LT_maxValue_FAH=40&GE_percRank=50&GE_time=2026-01-05T08:00:00Z&LT_endTime=2026-01-05T09:00:00Z")
+    assert q.sensor_text == {"type": ["Temperature", "Humidity"], "booleanValue": ["true"]}
+    assert q.sensor_numbers == [("value", "GE", "CEL", 2.5), ("maxValue", "LT", "FAH", 40.0), ("percRank", "GE", "", 50.0)]
+    assert q.sensor_times == [("time", "GE", 1767600000000), ("endTime", "LT", 1767603600000)]
+    q2, _, _ = parse("EQ_source_owning_party=a,b&EQ_source_urn:epcglobal:cbv:sdt:location=c&EQ_destination_location=d"
+                     "&EQ_persistentDisposition_set=urn:epcglobal:cbv:disp:completeness_verified&GT_quantity=2&LE_quantity=5.5"
+                     "&EQ_transformationID=urn:epc:id:gdti:0614141.12345.400&MATCH_anyEPCClass=urn:epc:idpat:sgtin:0614141.107346.*")
+    p2 = q2.parameters()
+    assert p2["src_types"] == ["location", "owning_party"] and p2["src_ids"] == [["c"], ["a", "b"]] and p2["dst_types"] == ["location"]
+    assert q2.pd_set == ["completeness_verified"] and q2.quantities == [("GT", 2.0), ("LE", 5.5)]
+    assert q2.transformation_ids == ["urn:epc:id:gdti:0614141.12345.400"] and q2.matches["epc_class"][2] == ["serial:10614141073464:", "lot:10614141073464:"]
+    p = q.parameters()
+    assert p["sensor"] is True and p["s_fields"] == ["booleanValue", "type"] and p["n_uoms"] == ["CEL", "FAH", ""]
 
 
 KEY = b"k" * 32
@@ -101,6 +141,13 @@ def test_an_edited_cursor_is_refused():
     forged = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).rstrip(b"=").decode() + "." + token.split(".")[1]
     with pytest.raises(api.QueryProblem):
         tokens.decode(forged, "q", now_s=0)
+
+
+def test_a_cursor_carries_the_sort_key_and_the_count_delivered():
+    tokens = api.PageTokens(KEY)
+    token, _ = tokens.encode("ev-3", "q", now_s=0, key=1767600000000, delivered=60)
+    assert tokens.cursor(token, "q", now_s=0) == (1767600000000, "ev-3", 60)
+    assert tokens.decode(token, "q", now_s=0) == "ev-3"
 
 
 def test_the_fingerprint_ignores_order_and_paging():

@@ -2,7 +2,8 @@
 
 One stack for the module: the GS1 standard's own examples are captured through POST /capture, and a
 generated set (every event type, times, bizSteps, dispositions, readPoints, bizLocations,
-bizTransactions, URN and Digital Link EPCs, sensor data) through the ingest path with its spool.
+bizTransactions, URN and Digital Link EPCs, sensor data, error declarations, an extension field)
+through the ingest path with its spool.
 Every query's answer (its event ids) must equal a plain Python filter over the captured events,
 written here from the standard's wording and sharing nothing with the SQL.
 """
@@ -72,12 +73,24 @@ def generated_events(n: int = 60, seed: int = 7) -> list[dict]:
                    "readPoint": {"id": PLACES[0]}, "eventID": "urn:uuid:00000000-0000-4000-8000-999999999999",
                    "bizTransactionList": [{"type": "po", "bizTransaction": "urn:epcglobal:cbv:bt:4012345000009:T1"},
                                           {"type": "desadv", "bizTransaction": "urn:epcglobal:cbv:bt:4012345000009:T1"}]})
+    # Error declarations (the reason in its three spellings) and an extension field, drawn from a rng of
+    # their own so that the events above stay what the other tests expect.
+    extra = random.Random(seed + 1)
+    for i, e in enumerate(events[:60]):
+        if i % 4 == 1:
+            e["errorDeclaration"] = {"declarationTime": (T0 + timedelta(hours=i)).isoformat(),
+                                     "reason": extra.choice(["incorrect_data", "urn:epcglobal:cbv:er:incorrect_data",
+                                                             "https://ref.gs1.org/cbv/ER-did_not_occur"])}
+            if i % 8 == 1:
+                e["errorDeclaration"]["correctiveEventIDs"] = [f"urn:uuid:00000000-0000-4000-8000-{(i + 1):012d}"]
+        if i % 6 == 2:
+            e["example:batchNote"] = extra.choice(["", "re-labelled", "checked"])
     return events
 
 
 # --- the brute-force filter: the standard's wording, in plain Python -------------------------------
 
-CBV = re.compile(r"(?:urn:epcglobal:cbv:(?:bizstep|disp|btt):|https://ref\.gs1\.org/cbv/(?:BizStep|Disp|BTT)-)(.+)")
+CBV = re.compile(r"(?:urn:epcglobal:cbv:(?:bizstep|disp|btt|sdt|er):|https://ref\.gs1\.org/cbv/(?:BizStep|Disp|BTT|SDT|ER)-)(.+)")
 
 
 def term(value) -> str:
@@ -127,10 +140,140 @@ def role_epcs(event: dict, role: str) -> list[str]:
     return sum((role_epcs(event, r) for r in ("epc", "parentID", "inputEPC", "outputEPC")), [])
 
 
+SENSOR_TEXT = ("type", "deviceID", "dataProcessingMethod", "microorganism", "chemicalSubstance", "bizRules",
+               "stringValue", "booleanValue", "hexBinaryValue", "uriValue")
+SENSOR_NUMBER = re.compile(r"(EQ|GT|GE|LT|LE)_(?:(value|minValue|maxValue|meanValue|sDev)_([A-Z0-9]{2,4})|(percRank))")
+SENSOR_TIME = re.compile(r"(GE|LT)_(time|startTime|endTime)")
+COMPARE = {"EQ": lambda a, b: a == b, "GT": lambda a, b: a > b, "GE": lambda a, b: a >= b,
+           "LT": lambda a, b: a < b, "LE": lambda a, b: a <= b}
+
+
+def bare_type(value: str) -> str:
+    for prefix in ("gs1:", "https://gs1.org/voc/", "http://gs1.org/voc/"):
+        if value.startswith(prefix):
+            return value[len(prefix):]
+    return value
+
+
+def sensor_text(value) -> str | None:
+    """A sensor attribute as the query compares it: strings as written, booleans true/false."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else None
+
+
+def sensor_match(e: dict, params: dict[str, str]) -> bool:
+    """The standard's sensor parameters, all of them on one reading: a (sensorMetadata, sensorReport) pair
+    of one sensorElement, a field the report lacks taken from the metadata."""
+    wanted = {n: v for n, v in params.items()
+              if n[3:] in SENSOR_TEXT or SENSOR_NUMBER.fullmatch(n) or SENSOR_TIME.fullmatch(n)}
+    if not wanted:
+        return True
+    pairs = [(el.get("sensorMetadata") or {}, r) for el in e.get("sensorElementList") or []
+             for r in (el.get("sensorReport") or [{}])]
+
+    def holds(meta: dict, report: dict) -> bool:
+        look = lambda f: report[f] if f in report else meta.get(f)  # noqa: E731
+        for name, raw in wanted.items():
+            if name[3:] in SENSOR_TEXT:
+                f, got = name[3:], sensor_text(look(name[3:]))
+                values = raw.split(",")
+                if f == "type":
+                    got, values = (bare_type(got) if got else got), [bare_type(v) for v in values]
+                if f == "hexBinaryValue":
+                    got, values = (got.upper() if got else got), [v.upper() for v in values]
+                if got is None or got not in values:
+                    return False
+            elif m := SENSOR_NUMBER.fullmatch(name):
+                f, uom = m.group(2) or m.group(4), m.group(3)
+                x = report.get(f)
+                if isinstance(x, bool) or not isinstance(x, (int, float)) or (uom and report.get("uom") != uom):
+                    return False
+                if not COMPARE[m.group(1)](x, float(raw)):
+                    return False
+            else:
+                m = SENSOR_TIME.fullmatch(name)
+                t = look(m.group(2))
+                if not isinstance(t, str) or not ((instant(t) >= instant(raw)) if m.group(1) == "GE" else (instant(t) < instant(raw))):
+                    return False
+        return True
+    return any(holds(meta, report) for meta, report in pairs)
+
+
+QUANTITY_LISTS = ("quantityList", "childQuantityList", "inputQuantityList", "outputQuantityList")
+
+
+def quantity_elements(e: dict) -> list[dict]:
+    return [q for key in QUANTITY_LISTS for q in e.get(key) or [] if isinstance(q, dict)]
+
+
+def quantity_classes(e: dict) -> list[str]:
+    return [q["epcClass"] for q in quantity_elements(e) if q.get("epcClass")]
+
+
+def present(value) -> bool:
+    return value not in (None, [], {}, "")
+
+
+def sort_key(e: dict, order_by: str) -> int:
+    return round(instant(e[order_by]).timestamp() * 1000) if order_by else 0
+
+
+def brute_ordered(events: dict[str, dict], params: dict[str, str]) -> list[str]:
+    """The answer in the order the query asks for: (orderBy's time, event id), DESC unless ASC;
+    the event id order without orderBy; the first eventCountLimit."""
+    chosen = brute(events, params)
+    order_by = params.get("orderBy", "")
+    descending = bool(order_by) and params.get("orderDirection", "DESC") == "DESC"
+    ordered = sorted(chosen, key=lambda i: (sort_key(events[i], order_by), i), reverse=descending)
+    return ordered[:int(params["eventCountLimit"])] if "eventCountLimit" in params else ordered
+
+
 def brute(events: dict[str, dict], params: dict[str, str]) -> set[str]:
     def keep(e: dict) -> bool:
+        if not sensor_match(e, params):
+            return False
+        quantity = {n[:2]: float(v) for n, v in params.items() if re.fullmatch(r"(EQ|GT|GE|LT|LE)_quantity", n)}
+        if quantity and not any(isinstance(q.get("quantity"), (int, float)) and not isinstance(q.get("quantity"), bool)
+                                and all(COMPARE[op](q["quantity"], v) for op, v in quantity.items())
+                                for q in quantity_elements(e)):
+            return False
+        declared = e.get("errorDeclaration") if isinstance(e.get("errorDeclaration"), dict) else None
         for name, raw in params.items():
             values = raw.split(",")
+            if name == "EXISTS_errorDeclaration" and raw in ("", "true") and declared is None:
+                return False
+            elif name.startswith("EXISTS_") and name != "EXISTS_errorDeclaration" and raw in ("", "true") \
+                    and not present(e.get(name[len("EXISTS_"):])):
+                return False
+            if name in ("GE_errorDeclarationTime", "LT_errorDeclarationTime"):
+                if declared is None or not declared.get("declarationTime"):
+                    return False
+                t = instant(declared["declarationTime"])
+                if (t < instant(raw)) if name.startswith("GE") else (t >= instant(raw)):
+                    return False
+            if name == "EQ_errorReason" and (declared is None or "reason" not in declared
+                                             or term(declared["reason"]) not in map(term, values)):
+                return False
+            if name == "EQ_correctiveEventID" and (declared is None or not set(declared.get("correctiveEventIDs") or []) & set(values)):
+                return False
+            if name == "EQ_transformationID" and e.get("transformationID") not in values:
+                return False
+            if name.startswith("EQ_persistentDisposition_"):
+                listed = (e.get("persistentDisposition") or {}).get(name.rsplit("_", 1)[1]) or []
+                if not {term(v) for v in listed} & {term(v) for v in values}:
+                    return False
+            for prefix, key, role in (("EQ_source_", "sourceList", "source"), ("EQ_destination_", "destinationList", "destination")):
+                if name.startswith(prefix) and not any(term(x.get("type")) == term(name[len(prefix):]) and x.get(role) in values
+                                                       for x in e.get(key) or []):
+                    return False
+            # Here MATCH_epcClass matches the classes of every quantity list, like MATCH_anyEPCClass.
+            if name in ("MATCH_epcClass", "MATCH_anyEPCClass") and not any(epc_matches(c, v) for c in quantity_classes(e) for v in values):
+                return False
+            if name == "WD_readPoint" and place(e, "readPoint") not in values:  # no location hierarchy: no descendants
+                return False
+            if name == "WD_bizLocation" and place(e, "bizLocation") not in values:
+                return False
             if name == "eventType" and e["type"] not in values:
                 return False
             if name in ("GE_eventTime", "LT_eventTime", "GE_recordTime", "LT_recordTime"):
@@ -149,7 +292,7 @@ def brute(events: dict[str, dict], params: dict[str, str]) -> set[str]:
                 return False
             if name == "EQ_eventID" and e["_id"] not in values:
                 return False
-            if name.startswith("MATCH_"):
+            if name.startswith("MATCH_") and name not in ("MATCH_epcClass", "MATCH_anyEPCClass"):
                 role = name[len("MATCH_"):]
                 if not any(epc_matches(epc, v) for epc in role_epcs(e, role) for v in values):
                     return False
@@ -210,6 +353,7 @@ def world(tmp_path_factory):
 
 
 def query_ids(client: ServiceClient, params: dict, events: dict) -> list[str]:
+    """The event ids of the answer, in its order."""
     code, body = client.get("/events", perPage="1000", **params)
     assert code == 200, (params, body)
     assert body["type"] == "EPCISQueryDocument" and body["schemaVersion"] == "2.0"
@@ -272,16 +416,95 @@ def cases(events: dict) -> list[dict]:
     ]
 
 
+def later_cases(events: dict) -> list[dict]:
+    """The parameters added for issue #14: order and counts, WD_, EXISTS_, error declarations, sensors."""
+    times = sorted(e["eventTime"] for e in events.values())
+    points = some(events, lambda e: [place(e, "readPoint")])
+    locations = some(events, lambda e: [place(e, "bizLocation")])
+    declared = [e["errorDeclaration"] for e in events.values() if isinstance(e.get("errorDeclaration"), dict)]
+    declared_at = sorted(instant(d["declarationTime"]) for d in declared)
+    at = lambda t: t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")  # noqa: E731
+    corrective = some(events, lambda e: (e.get("errorDeclaration") or {}).get("correctiveEventIDs") or [])
+    reports = [(el.get("sensorMetadata") or {}, r) for e in events.values() for el in e.get("sensorElementList") or []
+               for r in el.get("sensorReport") or [{}]]
+    pick = lambda f: some({str(i): {"v": v} for i, v in enumerate(  # noqa: E731
+        sensor_text(r[f] if f in r else m.get(f)) for m, r in reports)}, lambda e: [e["v"]])
+    devices, types, rules = pick("deviceID"), pick("type"), pick("bizRules")
+    methods, microbes, substances = pick("dataProcessingMethod"), pick("microorganism"), pick("chemicalSubstance")
+    celsius = sorted(r["value"] for _, r in reports if r.get("uom") == "CEL" and isinstance(r.get("value"), (int, float)))
+    sensor_times = sorted(instant(r.get("time") or m.get("time")) for m, r in reports if r.get("time") or m.get("time"))
+    starts = sorted(instant(m["startTime"]) for m, _ in reports if m.get("startTime"))
+    ends = sorted(instant(m["endTime"]) for m, _ in reports if m.get("endTime"))
+    transformations = some(events, lambda e: [e.get("transformationID")])
+    sources = [s.split("|", 1) for s in some(events, lambda e: [f"{term(x.get('type'))}|{x.get('source')}" for x in e.get("sourceList") or []])]
+    destinations = [s.split("|", 1) for s in some(
+        events, lambda e: [f"{term(x.get('type'))}|{x.get('destination')}" for x in e.get("destinationList") or []])]
+    classes = some(events, quantity_classes)
+    quantities = some(events, lambda e: [str(q["quantity"]) for q in quantity_elements(e) if isinstance(q.get("quantity"), (int, float))])
+    assert transformations and len(sources) > 2 and destinations and classes and quantities
+    assert len(declared) > 10 and len(reports) > 40 and len(devices) > 3 and len(celsius) > 10  # there is something to find
+    return [
+        {"orderBy": "eventTime"}, {"orderBy": "eventTime", "orderDirection": "ASC"},
+        {"orderBy": "recordTime", "orderDirection": "DESC"}, {"orderBy": "recordTime", "orderDirection": "ASC", "eventType": "ObjectEvent"},
+        {"orderBy": "eventTime", "eventCountLimit": "1"}, {"orderBy": "eventTime", "orderDirection": "ASC", "eventCountLimit": "7"},
+        {"orderBy": "eventTime", "eventCountLimit": "5", "EQ_action": "ADD"}, {"orderDirection": "ASC"},
+        {"maxEventCount": "100000"}, {"maxEventCount": "40", "eventType": "TransformationEvent"},
+        {"WD_readPoint": points[0]}, {"WD_readPoint": ",".join(points[1:3]), "EQ_readPoint": points[1]},
+        {"WD_bizLocation": locations[0]}, {"WD_bizLocation": ",".join(locations[:2]), "GE_eventTime": times[20]},
+        {"EXISTS_errorDeclaration": ""}, {"EXISTS_errorDeclaration": "true", "eventType": "ObjectEvent"},
+        {"EXISTS_errorDeclaration": "false"}, {"EXISTS_sensorElementList": ""}, {"EXISTS_bizTransactionList": "true"},
+        {"EXISTS_example:batchNote": ""}, {"EXISTS_parentID": "", "EXISTS_bizLocation": ""}, {"EXISTS_ilmd": ""},
+        {"GE_errorDeclarationTime": at(declared_at[len(declared_at) // 2])},
+        {"LT_errorDeclarationTime": at(declared_at[len(declared_at) // 2])},
+        {"GE_errorDeclarationTime": at(declared_at[2]), "LT_errorDeclarationTime": at(declared_at[-3])},
+        {"EQ_errorReason": "incorrect_data"}, {"EQ_errorReason": "urn:epcglobal:cbv:er:did_not_occur"},
+        {"EQ_errorReason": "https://ref.gs1.org/cbv/ER-incorrect_data,did_not_occur", "eventType": "ObjectEvent"},
+        {"EQ_correctiveEventID": corrective[0]}, {"EQ_correctiveEventID": ",".join(corrective[1:4])},
+        {"EQ_type": "Temperature"}, {"EQ_type": "gs1:AbsoluteHumidity,Speed"}, {"EQ_type": types[-1]},
+        {"EQ_deviceID": devices[0]}, {"EQ_deviceID": ",".join(devices[1:3])},
+        {"EQ_deviceID": devices[0], "EQ_type": "Temperature"},
+        {"EQ_dataProcessingMethod": methods[0]}, {"EQ_microorganism": microbes[0]}, {"EQ_chemicalSubstance": substances[0]},
+        {"EQ_bizRules": rules[0]}, {"EQ_stringValue": "SomeString"}, {"EQ_booleanValue": "true"},
+        {"EQ_hexBinaryValue": "f0f0f0"}, {"EQ_uriValue": "https://id.gs1.org/8004/4000001111"},
+        {"GE_value_CEL": str(celsius[len(celsius) // 2])}, {"LT_value_CEL": str(celsius[len(celsius) // 2])},
+        {"GE_value_CEL": str(celsius[2]), "LT_value_CEL": str(celsius[-3])}, {"GT_value_CEL": "5", "LE_value_CEL": "8"},
+        {"EQ_value_CEL": str(celsius[0])}, {"GE_value_KMH": "0"}, {"GE_maxValue_CEL": "20"}, {"LT_minValue_A93": "30"},
+        {"GE_meanValue_CEL": "10", "EQ_type": "Temperature"}, {"LT_sDev_CEL": "1"}, {"GE_percRank": "50"},
+        {"GE_time": at(sensor_times[len(sensor_times) // 2])}, {"LT_time": at(sensor_times[len(sensor_times) // 2])},
+        {"GE_startTime": at(starts[len(starts) // 2])}, {"LT_endTime": at(ends[len(ends) // 2])},
+        {"EQ_type": "Temperature", "GE_value_CEL": "20", "GE_time": at(sensor_times[0])},
+        {"EQ_transformationID": transformations[0]}, {"EQ_transformationID": ",".join(transformations[:3])},
+        {"EQ_persistentDisposition_set": "completeness_verified"},
+        {"EQ_persistentDisposition_unset": "urn:epcglobal:cbv:disp:completeness_inferred,unknown"},
+        {f"EQ_source_{sources[0][0]}": sources[0][1]}, {f"EQ_source_urn:epcglobal:cbv:sdt:{sources[1][0]}": sources[1][1]},
+        {f"EQ_destination_{destinations[0][0]}": ",".join(d for _, d in destinations[:3])},
+        {f"EQ_source_{sources[0][0]}": sources[0][1], f"EQ_destination_{destinations[0][0]}": destinations[0][1]},
+        {"MATCH_anyEPCClass": classes[0]}, {"MATCH_anyEPCClass": "urn:epc:idpat:sgtin:4012345.011111.*"},
+        {"MATCH_epcClass": ",".join(classes[1:3])}, {"MATCH_anyEPCClass": "https://id.gs1.org/01/04012345111118"},
+        {"GT_quantity": "100"}, {"LE_quantity": "50"}, {"GE_quantity": "10", "LT_quantity": "500"}, {"EQ_quantity": quantities[0]},
+    ]
+
+
 def test_every_parameter_answers_what_the_brute_force_filter_does(world):
     _, client, events = world
     nonempty = 0
-    for params in cases(events):
+    for params in cases(events) + later_cases(events):
         got = query_ids(client, params, events)
         assert len(got) == len(set(got)), params
-        expected = brute(events, params)
+        expected = set(brute_ordered(events, params))
         assert set(got) == expected, (params, sorted(set(got) - expected), sorted(expected - set(got)))
+        if "orderBy" in params or "eventCountLimit" in params:
+            assert got == brute_ordered(events, params), params
         nonempty += bool(expected) and len(expected) < len(events)
-    assert nonempty >= 25  # the cases select something, and not everything
+    assert nonempty >= 60  # the cases select something, and not everything
+
+
+def test_max_event_count_over_is_query_too_large(world):
+    _, client, events = world
+    objects = len(brute(events, {"eventType": "ObjectEvent"}))
+    body = problem(client, f"/events?eventType=ObjectEvent&maxEventCount={objects - 1}", 413)
+    assert body["type"] == "epcisException:QueryTooLargeException" and "maxEventCount" in body["detail"]
+    assert len(query_ids(client, {"eventType": "ObjectEvent", "maxEventCount": str(objects)}, events)) == objects
 
 
 def link_next(response) -> str | None:
@@ -307,15 +530,22 @@ def pages(client: ServiceClient, query: str) -> list[list[dict]]:
 
 
 @pytest.mark.parametrize("query,size", [("perPage=7", 7), ("perPage=1&eventType=AggregationEvent", 1),
-                                        ("eventType=ObjectEvent,TransactionEvent&perPage=5", 5), ("", 30)])
+                                        ("eventType=ObjectEvent,TransactionEvent&perPage=5", 5), ("", 30),
+                                        ("orderBy=eventTime&perPage=7", 7), ("orderBy=recordTime&orderDirection=ASC&perPage=9", 9),
+                                        ("orderBy=eventTime&orderDirection=ASC&eventType=ObjectEvent&perPage=4", 4),
+                                        ("orderBy=eventTime&eventCountLimit=20&perPage=6", 6),
+                                        ("orderBy=recordTime&eventCountLimit=12&perPage=4", 4),
+                                        ("maxEventCount=1000&perPage=25", 25)])
 def test_pagination_collects_the_unpaged_answer_exactly_once(world, query, size):
+    """With orderBy the cursor is (time, event id): the pages together are the ordered answer; with
+    eventCountLimit the pages stop at the limit."""
     _, client, events = world
     got = pages(client, query)
     assert all(len(p) == size for p in got[:-1]) and 0 < len(got[-1]) <= size
     flat = [canonical(e) for p in got for e in p]
     assert len(flat) == len(set(flat))
     params = dict(pair.split("=", 1) for pair in query.split("&") if pair and not pair.startswith("perPage"))
-    assert set(flat) == {canonical(e) for e in events.values() if e["_id"] in brute(events, params)}
+    assert flat == [canonical(events[i]) for i in brute_ordered(events, params)]
 
 
 def problem(client: ServiceClient, path: str, status: int = 400) -> dict:
@@ -332,12 +562,21 @@ def test_errors_are_problem_details(world):
     _, client, _ = world
     for path in ("/events?EQ_color=red", "/events?GE_eventTime=yesterday", "/events?GE_eventTime=2026-03-01T08:00:00",
                  "/events?perPage=0", "/events?perPage=100000", "/events?EQ_action=MOVE", "/events?nextPageToken=forged.token",
-                 "/events?eventType=CustomEvent", "/events?EQ_bizStep="):
+                 "/events?eventType=CustomEvent", "/events?EQ_bizStep=", "/events?orderBy=quantity",
+                 "/events?orderDirection=sideways&orderBy=eventTime", "/events?eventCountLimit=2",
+                 "/events?orderBy=eventTime&eventCountLimit=2&maxEventCount=3", "/events?maxEventCount=many",
+                 "/events?EXISTS_errorDeclaration=perhaps", "/events?GE_errorDeclarationTime=2026-01-01",
+                 "/events?GE_value_CEL=warm", "/events?EQ_booleanValue=maybe", "/events?EXISTS_INNER_ex:f",
+                 "/events?EQ_hexBinaryValue=xyz", "/events?GE_time=yesterday", "/events?EQ_ex:field=1"):
         assert problem(client, path)["type"] == "epcisException:QueryParameterException", path
     response = client.http.request("GET", f"{client.base_url}/events?perPage=2", headers=client.headers)
     token = re.search(r"nextPageToken=([^&>]+)", response.headers["Link"]).group(1)
     # A token is bound to its query: with other parameters it is refused, not silently reused.
     assert "other parameters" in problem(client, f"/events?perPage=2&eventType=ObjectEvent&nextPageToken={token}")["detail"]
+    # An ordered query's token is bound to its order too.
+    response = client.http.request("GET", f"{client.base_url}/events?perPage=2&orderBy=eventTime", headers=client.headers)
+    token = re.search(r"nextPageToken=([^&>]+)", response.headers["Link"]).group(1)
+    assert "other parameters" in problem(client, f"/events?perPage=2&orderBy=eventTime&orderDirection=ASC&nextPageToken={token}")["detail"]
     assert problem(client, "/events/urn:uuid:no-such-event", 404)["type"] == "epcisException:NoSuchResourceException"
     assert problem(client, "/eventTypes/NoSuchEvent/events", 404)["status"] == 404
     # No token, no answer: the query interface is a reader's route like the others.
@@ -347,9 +586,12 @@ def test_errors_are_problem_details(world):
 
 def test_one_event_by_id_by_epc_and_by_type(world):
     _, client, events = world
+    # The standard (openapi.yaml, GET /events/{eventID}): an EPCISQueryDocument enclosing the event.
     for event_id in [i for i in events if i.startswith("urn:uuid:")][:2] + [i for i in events if i.startswith("ni:")][:2]:
         code, body = client.get(f"/events/{quote(event_id, safe='')}")
-        assert code == 200 and canonical(body) == canonical(events[event_id]), event_id
+        assert code == 200 and body["type"] == "EPCISQueryDocument", event_id
+        [event] = body["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+        assert canonical(event) == canonical(events[event_id]), event_id
     dl = "https://id.gs1.org/01/04012345123456/21/110"
     code, body = client.get(f"/epcs/{quote(dl, safe='')}/events", perPage="1000")
     assert code == 200
@@ -410,3 +652,41 @@ def test_a_capture_job_says_what_became_of_each_capture(world):
     assert code == 200 and job["success"] is False and len(job["errors"]) == len(answer["rejects"]) == 2
     assert all(e["detail"] and e["status"] == 400 for e in job["errors"])
     assert problem(client, "/capture/no-such-capture", 404)["type"] == "epcisException:NoSuchResourceException"
+
+
+# Last in the module: it adds events to the store the tests above compare with.
+def test_post_events_captures_one_event_201_with_its_location(world):
+    """The standard's synchronous capture of one event (openapi.yaml, POST /events): 201 Created, Location
+    of the event, the event in the body; a document, a bad event or no event is a ValidationException."""
+    _, client, _ = world
+    event = {"type": "ObjectEvent", "eventTime": "2026-03-04T08:00:00.000Z", "eventTimeZoneOffset": "+00:00",
+             "eventID": "urn:uuid:00000000-0000-4000-8000-00000000e201", "action": "OBSERVE",
+             "epcList": [sgtin(170, False)], "bizStep": "inspecting", "readPoint": {"id": PLACES[0]}}
+    response = client.http.request("POST", f"{client.base_url}/events", body=json.dumps(event).encode(),
+                                   headers={**client.headers, "Content-Type": "application/json"})
+    assert response.status == 201, response.data
+    assert response.headers["Location"] == f"/events/{quote(event['eventID'], safe='')}"
+    assert response.headers["GS1-EPCIS-Version"] == "2.0"
+    kept = json.loads(response.data)
+    assert kept["eventID"] == event["eventID"] and kept["recordTime"].endswith("Z")
+
+    def landed():
+        code, body = client.get(response.headers["Location"])
+        return body if code == 200 else None
+
+    body = until(landed, 60, "the event captured by POST /events")
+    [got] = body["epcisBody"]["queryResults"]["resultsBody"]["eventList"]
+    assert canonical(got) == canonical(event)
+    # An event without an eventID gets the repository's (the CBV event hash): its Location names it.
+    anonymous = {k: v for k, v in event.items() if k != "eventID"} | {"epcList": [sgtin(171, False)]}
+    response = client.http.request("POST", f"{client.base_url}/events", body=json.dumps(anonymous).encode(),
+                                   headers={**client.headers, "Content-Type": "application/json"})
+    assert response.status == 201 and response.headers["Location"].startswith("/events/ni%3A"), response.data
+    document = (FIXTURES / "epcis" / "gs1" / "Example_9.6.1-ObjectEvent.jsonld").read_bytes()
+    for body, why in ((document, "one event"), (json.dumps({**event, "eventTime": "2026-03-04T08:00:00"}).encode(), "eventTime"),
+                      (b"   ", "one event"), (b"[1, 2]", "")):
+        response = client.http.request("POST", f"{client.base_url}/events", body=body,
+                                       headers={**client.headers, "Content-Type": "application/json"})
+        assert response.status == 400 and response.headers["Content-Type"].startswith("application/problem+json"), response.data
+        answer = json.loads(response.data)
+        assert answer["type"] == "epcisException:ValidationException" and why in answer["detail"], answer
