@@ -158,7 +158,8 @@ def bench_hash(rounds: int) -> dict:
         return (time.perf_counter() - started) * 1000 / (rounds * n)
 
     # One large document: the JSON-LD expansion is paid per document, so a gateway's batch costs less per event.
-    big = [dict(e) for events, context in docs if context is None or context == docs[0][1] for e in events]
+    # (events that hash one by one: an event that fails sends the whole document down the event-by-event path)
+    big = [dict(e) for events, _ in docs for e in events if isinstance(event_hashes([e])[0], str)]
     big = (big * (1 + 1_000 // max(len(big), 1)))[:1_000]
 
     def run_big() -> float:
