@@ -779,16 +779,9 @@ def install(app: web.Application, service) -> Store:
         if extra := [k for k, _ in paging if k not in epcis_api.PAGING]:
             raise Problem(f"{extra[0]}: a named query's parameters are its own; only perPage and nextPageToken go here")
         query, per_page, token = epcis_api.parse_query(pairs + paging)
-        bound_to = epcis_api.fingerprint(pairs + [("queryName", name)])
-        after = service.page_tokens.decode(token, bound_to) if token else ""
-        page, more = await blocking(service.epcis_page, query, after, per_page)
-        headers = {}
-        if more:
-            next_token, expires = service.page_tokens.encode(page[-1][0], bound_to)
-            url = request.url.with_query([(k, v) for k, v in paging if k != "nextPageToken"] + [("nextPageToken", next_token)])
-            headers["Link"] = f'<{url}>; rel="next"'
-            headers["GS1-Next-Page-Token-Expires"] = epcis_event.format_time(expires * 1000)
-        return _json(epcis_api.query_document([event for _, event in page], name), **headers)
+        body, headers = await service.epcis_answer(request.url, paging, query, per_page, token,
+                                                   epcis_api.fingerprint(pairs + [("queryName", name)]), name)
+        return _json(body, **headers)
 
     sockets: set[web.WebSocketResponse] = set()
 
@@ -902,7 +895,7 @@ def install(app: web.Application, service) -> Store:
     async def lifetime(app):
         task = None
         if getattr(service, "sink", None) is not None:   # one deliverer per deployment: the sink's process
-            task = asyncio.create_task(Dispatcher(settings, store, service.connection).run(), name="epcis-subscriptions")
+            task = asyncio.create_task(Dispatcher(settings, store, service.epcis).run(), name="epcis-subscriptions")
         yield
         if task is not None:
             task.cancel()

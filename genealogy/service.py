@@ -286,6 +286,42 @@ class Service:
         rows, more = epcis_query.events_page(self.epcis, query, cursor, per_page)
         return [(event_id, json.loads(event_json), key) for event_id, event_json, key in rows], more
 
+    async def epcis_run(self, fn, *args):
+        """Run an EPCIS query on its sessions; every failure is a problem (RFC 7807), never a traceback:
+        a cap ClickHouse enforced 413 (QueryTooLarge / QueryTooComplexException, the standard's
+        413QueryScopeOrSize), every session busy 503, anything else 500 ImplementationException."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        except epcis_query.LimitExceeded as exc:
+            kind = "QueryTooLargeException" if exc.too_large else "QueryTooComplexException"
+            raise epcis_api.QueryProblem(f"stopped by the repository's limits: {exc}", 413, kind) from None
+        except epcis_query.Busy as exc:
+            raise epcis_api.QueryProblem(str(exc), 503, "ImplementationException") from None
+        except epcis_api.QueryProblem:
+            raise
+        except Exception:
+            log.exception("EPCIS query failed")
+            raise epcis_api.QueryProblem("the query failed; the service log has the details", 500,
+                                         "ImplementationException") from None
+
+    async def epcis_answer(self, url, paging: list[tuple[str, str]], query: epcis_query.EventQuery, per_page: int,
+                           token: str | None, bound_to: str, query_name: str = "SimpleEventQuery") -> tuple[dict, dict]:
+        """One page of an EPCIS query (GET /events, the resources with a parameter fixed by the path, a named
+        query's events) as (EPCISQueryDocument, headers): the next page's signed token in ``Link``, counted
+        against eventCountLimit. ``url``: the request's, whose ``paging`` items the next link keeps."""
+        key, after, delivered = self.page_tokens.cursor(token, bound_to) if token else (0, "", 0)
+        limit = query.event_count_limit
+        size = per_page if limit is None else min(per_page, limit - delivered)
+        page, more = await self.epcis_run(self.epcis_page, query, (key, after) if token else None, size) \
+            if size > 0 else ([], False)
+        delivered += len(page)
+        headers = dict(EPCIS_HEADERS)
+        if more and (limit is None or delivered < limit):
+            next_token, expires = self.page_tokens.encode(page[-1][0], bound_to, key=page[-1][2], delivered=delivered)
+            headers["Link"] = f'<{url.with_query([(k, v) for k, v in paging if k != "nextPageToken"] + [("nextPageToken", next_token)])}>; rel="next"'
+            headers["GS1-Next-Page-Token-Expires"] = epcis_event.format_time(expires * 1000)
+        return epcis_api.query_document([event for _, event, _ in page], query_name), headers
+
     def epcis_event(self, event_id: str) -> dict | None:
         found = epcis_query.event_by_id(self.epcis, event_id)
         return None if found is None else json.loads(found)
@@ -492,45 +528,17 @@ def make_app(service: Service) -> web.Application:
             return _problem(epcis_api.QueryProblem(f"no capture job {capture_id!r}", 404, "NoSuchResourceException"))
         return web.Response(text=_dumps(job), content_type="application/json", headers=EPCIS_HEADERS)
 
-    async def epcis_call(fn, *args):
-        """Run an EPCIS query on its sessions; every failure is a problem (RFC 7807), never a traceback:
-        a cap ClickHouse enforced 413 (QueryTooLarge / QueryTooComplexException, the standard's
-        413QueryScopeOrSize), every session busy 503, anything else 500 ImplementationException."""
-        try:
-            return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-        except epcis_query.LimitExceeded as exc:
-            kind = "QueryTooLargeException" if exc.too_large else "QueryTooComplexException"
-            raise epcis_api.QueryProblem(f"stopped by the repository's limits: {exc}", 413, kind) from None
-        except epcis_query.Busy as exc:
-            raise epcis_api.QueryProblem(str(exc), 503, "ImplementationException") from None
-        except epcis_api.QueryProblem:
-            raise
-        except Exception:
-            log.exception("EPCIS query failed")
-            raise epcis_api.QueryProblem("the query failed; the service log has the details", 500,
-                                         "ImplementationException") from None
+    epcis_call = service.epcis_run
 
     async def epcis_query_answer(request, fixed: dict | None = None):
         """GET /events and the resources that are queries with a parameter fixed by the path."""
         items = list(request.query.items())
         try:
             query, per_page, token = epcis_api.parse_query(items, fixed)
-            bound_to = epcis_api.fingerprint(items, fixed)
-            key, after, delivered = service.page_tokens.cursor(token, bound_to) if token else (0, "", 0)
-            limit = query.event_count_limit
-            size = per_page if limit is None else min(per_page, limit - delivered)
-            page, more = await epcis_call(service.epcis_page, query, (key, after) if token else None, size) \
-                if size > 0 else ([], False)
+            body, headers = await service.epcis_answer(request.url, items, query, per_page, token,
+                                                       epcis_api.fingerprint(items, fixed))
         except epcis_api.QueryProblem as problem:
             return _problem(problem)
-        delivered += len(page)
-        headers = dict(EPCIS_HEADERS)
-        if more and (limit is None or delivered < limit):
-            next_token, expires = service.page_tokens.encode(page[-1][0], bound_to, key=page[-1][2], delivered=delivered)
-            url = request.url.with_query([(k, v) for k, v in items if k != "nextPageToken"] + [("nextPageToken", next_token)])
-            headers["Link"] = f'<{url}>; rel="next"'
-            headers["GS1-Next-Page-Token-Expires"] = epcis_event.format_time(expires * 1000)
-        body = epcis_api.query_document([event for _, event, _ in page])
         return web.Response(text=_dumps(body), content_type="application/json", headers=headers)
 
     async def epcis_events(request):

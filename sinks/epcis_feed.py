@@ -12,8 +12,8 @@ already carries its (earlier) insert time. So only rows older than ``settle_ms``
 come at the next poll. In embedded mode inserts and reads share one lock, so any settle time works; on
 a ClickHouse server it must exceed the longest insert (``GENEALOGY_EPCIS_SUBSCRIPTION_SETTLE_MS``).
 
-The filters are GET /events' own (``sinks.epcis_query.EVENTS_SQL``), taken from that statement rather
-than copied, so a parameter added there filters subscriptions the same way.
+The filters are GET /events' own (``sinks.epcis_query.FILTER``), so a parameter added there filters
+subscriptions the same way; they run on the query interface's capped sessions (``EpcisSessions``).
 """
 
 from __future__ import annotations
@@ -21,26 +21,24 @@ from __future__ import annotations
 from dataclasses import replace
 
 from genealogy.sinks import epcis_query
-from genealogy.sinks.connection import Connection
+from genealogy.sinks.epcis_query import EpcisSessions
 
-_KEYSET = "WHERE event_id > {after:String}"
-
-
-def _filters(sql: str) -> str:
-    """The AND-ed filters of the EPCIS query statement: what follows its keyset condition, up to ORDER BY."""
-    start = sql.index(_KEYSET) + len(_KEYSET)
-    return sql[start:sql.rindex("ORDER BY")]
+FEED_SQL = f"""
+SELECT event_id, event_json, toUnixTimestamp64Milli(inserted_at) AS inserted_ms FROM epcis_events FINAL
+WHERE (toUnixTimestamp64Milli(inserted_at), event_id) > ({{cursor_ms:Int64}}, {{cursor_id:String}})
+  AND inserted_at < now64(3) - toIntervalMillisecond({{settle_ms:UInt32}})
+  AND {epcis_query.FILTER}
+ORDER BY inserted_at, event_id
+LIMIT {{limit:UInt32}}
+"""
+LATEST_INSERT_SQL = "SELECT toUnixTimestamp64Milli(max(inserted_at)), toUnixTimestamp64Milli(now64(3)) FROM epcis_events"
 
 
 def feed_sql() -> str:
-    return ("SELECT event_id, event_json, toUnixTimestamp64Milli(inserted_at) AS inserted_ms FROM epcis_events FINAL\n"
-            "WHERE (toUnixTimestamp64Milli(inserted_at), event_id) > ({cursor_ms:Int64}, {cursor_id:String})\n"
-            "  AND inserted_at < now64(3) - toIntervalMillisecond({settle_ms:UInt32})\n"
-            f"{_filters(epcis_query.EVENTS_SQL)}"
-            "ORDER BY inserted_at, event_id\nLIMIT {limit:UInt32}")
+    return FEED_SQL
 
 
-def new_events(connection: Connection, query: epcis_query.EventQuery, cursor: tuple[int, str], min_record_ms: int,
+def new_events(connection: EpcisSessions, query: epcis_query.EventQuery, cursor: tuple[int, str], min_record_ms: int,
                limit: int, settle_ms: int) -> list[tuple[str, str, int]]:
     """Up to ``limit`` (event id, event JSON, insert ms) matching ``query`` after ``cursor`` (insert ms, event id),
     recordTime at or after ``min_record_ms`` (the subscription's initialRecordTime)."""
@@ -50,9 +48,8 @@ def new_events(connection: Connection, query: epcis_query.EventQuery, cursor: tu
     return [(r[0], r[1], int(r[2])) for r in rows]
 
 
-def latest_insert_ms(connection: Connection) -> tuple[int, int]:
+def latest_insert_ms(connection: EpcisSessions) -> tuple[int, int]:
     """(the newest insert ms in epcis_events, 0 when empty; ClickHouse's clock now, ms). A stream subscription
     whose cursor is at the newest insert, or whose last run saw every row up to it settled, is not asked."""
-    rows = connection.rows("SELECT toUnixTimestamp64Milli(max(inserted_at)), toUnixTimestamp64Milli(now64(3)) "
-                           "FROM epcis_events")
+    rows = connection.rows(LATEST_INSERT_SQL, {})
     return int(rows[0][0] or 0), int(rows[0][1])
