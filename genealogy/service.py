@@ -41,9 +41,10 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from genealogy import auth, epcis_api, epcis_subscriptions, schemas
+from genealogy import auth, epcis_api, schemas
 from genealogy import kafka
 from genealogy.domain import epcis_event, ids, recall
+from genealogy.epcis_subscriptions import routes as subscription_routes
 from genealogy.sinks import epcis_query, granularity, linkage
 from genealogy.join_recovery import JoinRecovery
 from genealogy.settings import Settings
@@ -624,7 +625,7 @@ def make_app(service: Service) -> web.Application:
                     web.get("/events/{event_id:.+}", one_event), web.get("/epcs/{epc:.+}/events", epc_events),
                     web.get("/eventTypes/{event_type}/events", event_type_events),
                     web.get("/capture/{capture_id}", capture_job)])
-    epcis_subscriptions.install(app, service)   # /queries: named queries and webhook subscriptions
+    subscription_routes.install(app, service)   # /queries: named queries and webhook subscriptions
     return app
 
 

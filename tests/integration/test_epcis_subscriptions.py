@@ -20,7 +20,7 @@ from aiohttp import web
 
 from genealogy import auth
 from genealogy.client import ServiceClient
-from genealogy.epcis_subscriptions import SIGNATURE_HEADER, verify_signature
+from genealogy.epcis_subscriptions.rules import SIGNATURE_HEADER, verify_signature
 from genealogy.producers.ingest import ingest_path, publish_ingest
 from genealogy.producers.spool import Spool
 from tests.integration.test_epcis_query import brute, canonical, generated_events
