@@ -61,9 +61,12 @@ class Rows:
         return self.derived_rows + len(self.capture) + len(self.dead) + len(self.epcis)
 
     def insert_into(self, writer: Writer) -> None:
-        # Parents before children in the dependency sense: units and edges are what answers read.
-        for group, table in DERIVED_TABLES.items():
-            writer.insert_derived(table, self.derived[group])
+        # Parents before children in the dependency sense: units and edges are what answers read. One batch:
+        # the containment intervals of what the flush packed, unpacked or took back are brought up to date
+        # once, after its facts are in and before the offsets are committed (Writer.batch).
+        with writer.batch():
+            for group, table in DERIVED_TABLES.items():
+                writer.insert_derived(table, self.derived[group])
         writer.insert("capture_batches", CAPTURE_COLUMNS, self.capture)
         writer.insert("dead_letters", DEAD_LETTER_COLUMNS, self.dead)
         if self.epcis:  # EPCIS events (sinks.epcis_store); epoch-ms times go in as DateTime64 ticks
