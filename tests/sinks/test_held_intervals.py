@@ -116,3 +116,20 @@ def test_a_flush_that_fails_before_its_intervals_are_in_is_redone_whole(clean, m
     monkeypatch.setattr(clean, "insert", insert)
     rows.insert_into(writer)
     assert stored(clean) == expected(edge_rows, unpack_rows, [])
+
+
+def test_an_analyst_asks_where_a_unit_was_at_a_time(clean, analyst):
+    """The unit packed into C at T0, C emptied at T0+10, the unit packed into D at T0+20: at T0+5 it was in C."""
+    t0 = 1_767_600_000_000
+    rows = Rows()
+    for k, (holder, at) in enumerate([("container:sscc:C", t0), ("container:sscc:D", t0 + 20)]):
+        rows.add_derived(record("edges", {"edge_id": k + 1, "child": "serial:P:U", "parent": holder, "relation": "packed",
+                                          "event_ms": at, "station": "PK", "operator": "", "work_order": "", "parent_lot": "",
+                                          "quantity": 1.0, "source_event": f"e{k}"}))
+    rows.add_derived(record("unpacked", {"child": "", "parent": "container:sscc:C", "event_ms": t0 + 10, "station": "PK",
+                                         "source_event": "u"}))
+    rows.insert_into(Writer(clean))
+    where = """SELECT holder FROM held_intervals FINAL WHERE child = {c:String}
+               AND from_time <= fromUnixTimestamp64Milli({t:Int64}) AND (to_time IS NULL OR fromUnixTimestamp64Milli({t:Int64}) < to_time)"""
+    for at, holders in [(t0 + 5, [("container:sscc:C",)]), (t0 + 15, []), (t0 + 25, [("container:sscc:D",)])]:
+        assert analyst.query(where, {"c": "serial:P:U", "t": at})[1] == holders, at
