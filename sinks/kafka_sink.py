@@ -99,6 +99,8 @@ class KafkaSink:
         self.retries = 0
 
     def run(self, stop: threading.Event) -> None:
+        # A store from before held_intervals gets the intervals of what it holds, before anything new comes.
+        self.writer.backfill_held()
         self.consumer.subscribe(self.topics, on_assign=lambda consumer, partitions: self.assigned.set())
         rows = Rows()
         last = time.monotonic()

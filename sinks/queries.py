@@ -67,6 +67,17 @@ SELECT child, parent, min(toUnixTimestamp64Milli(event_time)), edge_id, any(rela
 WHERE parent IN {holders:Array(String)} AND relation IN ('packed', 'associated', 'transacted')
 GROUP BY parent, child, edge_id
 """
+# A store written before held_intervals existed: its packings and unpackings, all of them, once.
+HELD_EMPTY_SQL = """
+SELECT (SELECT count() FROM (SELECT 1 FROM held_intervals LIMIT 1)) = 0
+   AND (SELECT count() FROM (SELECT 1 FROM edges WHERE relation IN ('packed', 'associated', 'transacted') LIMIT 1)) > 0
+"""
+ALL_HOLD_ADDS_SQL = """
+SELECT child, parent, min(toUnixTimestamp64Milli(event_time)), edge_id, any(relation) FROM edges
+WHERE relation IN ('packed', 'associated', 'transacted')
+GROUP BY child, parent, edge_id
+"""
+ALL_HOLD_ENDS_SQL = "SELECT child, parent, toUnixTimestamp64Milli(event_time) FROM unpacked"
 
 PARENTS_SQL = "SELECT DISTINCT child, parent FROM edges WHERE child IN {nodes:Array(String)}"
 PARENTS_IN_WINDOW_SQL = """

@@ -210,6 +210,22 @@ class Writer:
         if rows:
             self.connection.insert("held_intervals", rows, HELD_COLUMNS)
 
+    def backfill_held(self) -> int:
+        """A store written before held_intervals existed (packings there, no intervals): the intervals of all
+        of them, once, before the sink consumes. Returns how many were written."""
+        if not self.connection.rows(queries.HELD_EMPTY_SQL)[0][0]:
+            return 0
+        version = self._next_version()
+        stored = self.connection.rows(queries.ALL_HOLD_ADDS_SQL)
+        ends = self.connection.rows(queries.ALL_HOLD_ENDS_SQL)
+        adds = [(child, holder, at, edge_id) for child, holder, at, edge_id, _ in stored]
+        rows = [[child, holder, edge_id, relation, at, to, version, 0]
+                for (child, holder, at, to), (*_, edge_id, relation) in zip(holding.intervals(adds, ends), stored)]
+        for n in range(0, len(rows), 50_000):
+            self.connection.insert("held_intervals", rows[n:n + 50_000], HELD_COLUMNS)
+        log.info("held_intervals: %d intervals of packings stored before it existed", len(rows))
+        return len(rows)
+
     def _next_version(self) -> int:
         self._version = max(time.time_ns(), self._version + 1)
         return self._version

@@ -133,3 +133,17 @@ def test_an_analyst_asks_where_a_unit_was_at_a_time(clean, analyst):
                AND from_time <= fromUnixTimestamp64Milli({t:Int64}) AND (to_time IS NULL OR fromUnixTimestamp64Milli({t:Int64}) < to_time)"""
     for at, holders in [(t0 + 5, [("container:sscc:C",)]), (t0 + 15, []), (t0 + 25, [("container:sscc:D",)])]:
         assert analyst.query(where, {"c": "serial:P:U", "t": at})[1] == holders, at
+
+
+def test_a_store_from_before_held_intervals_gets_them_once(clean):
+    """Edges and unpackings written by a version without held_intervals (straight into their tables)."""
+    edge_rows, unpack_rows, _ = facts(11, 3, 30, 0.0)
+    clean.insert("edges", [[e[k] for k in ("edge_id", "child", "parent", "relation", "event_ms", "source_event")] for e in edge_rows],
+                 ["edge_id", "child", "parent", "relation", "event_time", "source_event"])
+    clean.insert("unpacked", [[u[k] for k in ("child", "parent", "event_ms", "source_event")] for u in unpack_rows],
+                 ["child", "parent", "event_time", "source_event"])
+    assert stored(clean) == set()
+    writer = Writer(clean)
+    assert writer.backfill_held() == len(edge_rows) > 0
+    assert stored(clean) == expected(edge_rows, unpack_rows, [])
+    assert writer.backfill_held() == 0
