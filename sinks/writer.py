@@ -192,22 +192,26 @@ class Writer:
         if not (touched.adds or touched.gone or touched.pairs or touched.whole):
             return
         version = self._next_version()  # before the reads: a later read, fresher, wins
-        adds = {k: v for k, v in touched.adds.items() if k not in touched.gone}
+        adds = {k: v for k, v in touched.adds.items() if k not in touched.gone} if touched.gone else dict(touched.adds)
         if touched.pairs or touched.whole:
             pairs = sorted(touched.pairs)
             for child, holder, at, edge_id, relation in self.connection.rows(queries.HOLD_ADDS_SQL, {
                     "children": sorted({c for c, _ in pairs}), "pairs": pairs, "holders": sorted(touched.whole)}):
                 if edge_id not in touched.gone:
                     adds.setdefault(edge_id, (child, holder, at, relation))
-        rows = [[child, holder, edge_id, "", 0, None, version, 1] for edge_id, (child, holder) in touched.gone.items()]
+        # Built as columns, in bulk: a flush packs thousands of units, and per-row Python was most of the step.
+        gone = list(touched.gone.items())
+        columns = [[c for _, (c, _) in gone], [h for _, (_, h) in gone], [k for k, _ in gone], [""] * len(gone),
+                   [0] * len(gone), [None] * len(gone), [version] * len(gone), [1] * len(gone)]
         if adds:
-            holders = sorted({holder for _, holder, _, _ in adds.values()})
-            ends = self.connection.rows(queries.HOLD_ENDS_SQL, {"holders": holders})
-            keyed = [(child, holder, at, edge_id) for edge_id, (child, holder, at, _) in adds.items()]
-            for (child, holder, at, to), (_, _, _, edge_id), (_, _, _, relation) in zip(
-                    holding.intervals(keyed, ends), keyed, adds.values()):
-                rows.append([child, holder, edge_id, relation, at, to, version, 0])
-        self._insert_held(rows)
+            children, holders, ats, relations = (list(c) for c in zip(*adds.values()))
+            ends = self.connection.rows(queries.HOLD_ENDS_SQL, {"holders": sorted(set(holders))})
+            tos = [to for *_, to in holding.intervals(zip(children, holders, ats, adds), ends)] if ends else [None] * len(ats)
+            for column, values in zip(columns, (children, holders, list(adds), relations, ats, tos,
+                                                [version] * len(tos), [0] * len(tos))):
+                column.extend(values)
+        if columns[0]:
+            self.connection.insert("held_intervals", columns, HELD_COLUMNS, column_oriented=True)
 
     def backfill_held(self) -> int:
         """A store written before held_intervals existed (packings there, no intervals): the intervals of all
@@ -218,16 +222,15 @@ class Writer:
         stored = self.connection.rows(queries.ALL_HOLD_ADDS_SQL)
         ends = self.connection.rows(queries.ALL_HOLD_ENDS_SQL)
         adds = [(child, holder, at, edge_id) for child, holder, at, edge_id, _ in stored]
-        rows = [[child, holder, edge_id, relation, at, to, version, 0]
-                for (child, holder, at, to), (*_, edge_id, relation) in zip(holding.intervals(adds, ends), stored)]
-        for n in range(0, len(rows), 50_000):
-            self._insert_held(rows[n:n + 50_000])
-        log.info("held_intervals: %d intervals of packings stored before it existed", len(rows))
-        return len(rows)
-
-    def _insert_held(self, rows: list[list]) -> None:
-        if rows:  # as columns: rows cost the driver 3x the time (bench/held_intervals.py)
-            self.connection.insert("held_intervals", [list(c) for c in zip(*rows)], HELD_COLUMNS, column_oriented=True)
+        tos = [to for *_, to in holding.intervals(adds, ends)]
+        for n in range(0, len(stored), 50_000):
+            chunk = stored[n:n + 50_000]
+            self.connection.insert("held_intervals", [
+                [r[0] for r in chunk], [r[1] for r in chunk], [r[3] for r in chunk], [r[4] for r in chunk],
+                [r[2] for r in chunk], tos[n:n + 50_000], [version] * len(chunk), [0] * len(chunk)],
+                HELD_COLUMNS, column_oriented=True)
+        log.info("held_intervals: %d intervals of packings stored before it existed", len(stored))
+        return len(stored)
 
     def _next_version(self) -> int:
         self._version = max(time.time_ns(), self._version + 1)

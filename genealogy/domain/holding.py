@@ -29,6 +29,9 @@ def intervals(adds: Iterable[Add], ends: Iterable[End]) -> list[Interval]:
         by_pair[(child, holder)].append(at)
     out: list[Interval] = []
     for child, holder, at, _ in adds:
+        if (child, holder) not in by_pair and ("", holder) not in by_pair:  # most packings are never undone
+            out.append((child, holder, at, None))
+            continue
         to = min((t for t in by_pair.get((child, holder), ()) if t > at), default=None)
         everything = min((t for t in by_pair.get(("", holder), ()) if t > at), default=None)
         if to is None or (everything is not None and everything < to):
