@@ -1,6 +1,6 @@
 """Sink-only cost of keeping held_intervals (containment intervals) as the facts arrive.
 
-    python -m bench.held_intervals --events 300000 --repeat 3
+    python -m bench.held_intervals --events 200000 --repeat 5     (report: results/held-intervals.md)
 
 A simulated plant is derived once (no Kafka); its DERIVED records go through the sink's flush
 (kafka_sink.Rows.insert_into -> Writer, batches of sink_batch_rows) into a fresh embedded
@@ -15,7 +15,10 @@ of --repeat runs; and the share of the flushes' wall time spent in the interval 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
+import sys
+from datetime import datetime, timezone
 import statistics
 import tempfile
 import time
@@ -80,12 +83,16 @@ def flush_all(workdir: Path, records: list[dict], hold: bool, batch_rows: int) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--events", type=int, default=300_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--unpack-share", type=float, nargs="+", default=[0.0, 0.01])
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "held-intervals.md")
     args = ap.parse_args()
     batch_rows = Settings().sink_batch_rows
-    print(f"machine: {platform.node()} {platform.machine()}, {platform.python_implementation()} {platform.python_version()}")
+    lines = ["# held_intervals at the sink", "", f"`python -m bench.held_intervals {' '.join(sys.argv[1:])}`, "
+             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()} {platform.machine()} "
+             f"({os.cpu_count()} CPUs), {platform.python_implementation()} {platform.python_version()}", "", "```"]
+    print("\n".join(lines))
     with tempfile.TemporaryDirectory(prefix="bench-held-") as tmp:
         for share in args.unpack_share:
             records = derived(args.events, share)
@@ -95,13 +102,18 @@ def main() -> None:
                 for hold in ((False, True) if k % 2 == 0 else (True, False)):  # alternating: neither always goes first
                     runs[hold].append(flush_all(Path(tmp), records, hold, batch_rows))
             med = {hold: {k: statistics.median(r[k] for r in runs[hold]) for k in ("wall", "cpu", "hold_share")} for hold in runs}
-            print(f"unpack share {share}: {runs[True][0]['rows']:,} rows a run, held_intervals {sorted({r['held'] for r in runs[True]})}, "
+            report = (f"unpack share {share}: {runs[True][0]['rows']:,} rows a run, held_intervals {sorted({r['held'] for r in runs[True]})}, "
                   f"{args.repeat} runs each, medians:\n"
                   f"  rows/s by wall clock: before {med[False]['wall']:,.0f}, after {med[True]['wall']:,.0f}, "
                   f"ratio {med[True]['wall'] / med[False]['wall']:.3f} (runs {[round(r['wall']) for r in runs[False]]} / {[round(r['wall']) for r in runs[True]]})\n"
                   f"  rows/s by CPU time:   before {med[False]['cpu']:,.0f}, after {med[True]['cpu']:,.0f}, "
                   f"ratio {med[True]['cpu'] / med[False]['cpu']:.3f}\n"
                   f"  interval step: {100 * med[True]['hold_share']:.1f}% of the flushes' wall time")
+            print(report)
+            lines.append(report)
+    lines.append("```")
+    args.out.write_text("\n".join(lines) + "\n")
+
 
 if __name__ == "__main__":
     main()
