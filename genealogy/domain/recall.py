@@ -382,8 +382,8 @@ def _merge(spans: Intervals) -> Intervals:
 def _held(graph: Graph, target: str, reached: set[str], removed: list[tuple]) -> set[str] | None:
     """What of the reached held the target, with time: None when nothing reached (nor the target) ever
     left a reached holder, and nothing was reworked (then everything packed stayed packed, and reach is
-    exact). Without rework, only the
-    containers, shipments and business transactions are decided here; with it, everything."""
+    exact). Without rework, only the containers, shipments and business transactions are decided here;
+    with it, everything."""
     packing = _packing(graph)
     packed = sorted(n for n in reached if ids.kind_of(n) in HOLDERS)
     rework = _rework(graph)
