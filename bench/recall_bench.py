@@ -57,7 +57,7 @@ import pyarrow.csv as pacsv
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from genealogy.domain import ids, recall  # noqa: E402
+from genealogy.domain import holding, ids, recall  # noqa: E402
 from genealogy.sinks.connection import Connection  # noqa: E402
 from genealogy.sinks.read_model import ReadModel  # noqa: E402
 
@@ -395,6 +395,18 @@ class ClickHouseLoader:
     def write(self, edges: pa.Table, units: pa.Table) -> None:
         self.store.connection.client.insert_arrow("units", units)
         self.store.connection.client.insert_arrow("edges", edges)
+        self.store.connection.client.insert_arrow("held_intervals", held_rows(edges))
+
+
+def held_rows(edges: pa.Table) -> pa.Table:
+    """The held_intervals rows the sink would write for these edges (genealogy.domain.holding): nothing in
+    this data is unpacked, so every packing is still held. A bulk load bypasses the sink's writer."""
+    held = edges.filter(pc.is_in(edges["relation"], pa.array(list(holding.HELD))))
+    n = held.num_rows
+    return pa.table({"child": held["child"], "holder": held["parent"], "edge_id": held["edge_id"],
+                     "relation": held["relation"], "from_time": held["event_time"],
+                     "to_time": pa.nulls(n, held.schema.field("event_time").type),
+                     "version": pa.array(np.ones(n, dtype=np.uint64)), "is_deleted": pa.array(np.zeros(n, dtype=np.uint8))})
 
     def finish(self) -> float:
         """Returns the seconds spent only confirming that merges stay idle, not counted as load."""

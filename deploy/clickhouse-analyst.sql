@@ -39,6 +39,7 @@ GRANT SELECT ON default.capture_batches TO analyst;
 GRANT SELECT ON default.station_facts TO analyst;
 GRANT SELECT ON default.corrections TO analyst;
 GRANT SELECT ON default.unpacked TO analyst;
+GRANT SELECT ON default.held_intervals TO analyst;
 GRANT SELECT ON default.removals TO analyst;
 GRANT SELECT ON default.dead_letters TO analyst;
 GRANT SELECT ON default.edges_final TO analyst;

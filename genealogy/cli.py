@@ -287,7 +287,7 @@ def trace(serial: Annotated[str, typer.Option(help="Unit serial: bare id, kind:i
 def sql(query: Annotated[str, typer.Argument(help="Read-only ClickHouse SQL; bind values with {name:Type}")],
         param: Annotated[Optional[list[str]], typer.Option("--param", "-p", help="name=value for {name:Type}")] = None,
         data_dir: DataDir = None, as_json: Json = False) -> None:
-    """Analyst SQL: one SELECT over the pipeline's tables (edges, edges_by_parent, units, lot_members, units_by_station, nodes, station_facts, capture_batches, dead_letters, reprocessed, corrections, unpacked, removals, and the *_final views); capped, read-only."""
+    """Analyst SQL: one SELECT over the pipeline's tables (edges, edges_by_parent, units, lot_members, units_by_station, nodes, station_facts, capture_batches, dead_letters, reprocessed, corrections, unpacked, removals, held_intervals (where each thing was when: read it FINAL), and the *_final views); capped, read-only."""
     s = _settings(data_dir)
     client = _client(s, as_json)
     params = dict(p.split("=", 1) for p in (param or []))

@@ -61,9 +61,12 @@ class Rows:
         return self.derived_rows + len(self.capture) + len(self.dead) + len(self.epcis)
 
     def insert_into(self, writer: Writer) -> None:
-        # Parents before children in the dependency sense: units and edges are what answers read.
-        for group, table in DERIVED_TABLES.items():
-            writer.insert_derived(table, self.derived[group])
+        # Parents before children in the dependency sense: units and edges are what answers read. One batch:
+        # the containment intervals of what the flush packed, unpacked or took back are brought up to date
+        # once, after its facts are in and before the offsets are committed (Writer.batch).
+        with writer.batch():
+            for group, table in DERIVED_TABLES.items():
+                writer.insert_derived(table, self.derived[group])
         writer.insert("capture_batches", CAPTURE_COLUMNS, self.capture)
         writer.insert("dead_letters", DEAD_LETTER_COLUMNS, self.dead)
         if self.epcis:  # EPCIS events (sinks.epcis_store); epoch-ms times go in as DateTime64 ticks
@@ -96,6 +99,8 @@ class KafkaSink:
         self.retries = 0
 
     def run(self, stop: threading.Event) -> None:
+        # A store from before held_intervals gets the intervals of what it holds, before anything new comes.
+        self.writer.backfill_held()
         self.consumer.subscribe(self.topics, on_assign=lambda consumer, partitions: self.assigned.set())
         rows = Rows()
         last = time.monotonic()

@@ -50,6 +50,35 @@ DELETE FROM lot_members WHERE production_lot = {lot:String} AND unit = {unit:Str
   AND (SELECT count() FROM units WHERE unit = {unit:String} AND production_lot = {lot:String}) = 0
 """
 
+# --- writer: the intervals of containment (held_intervals, genealogy.domain.holding) ------------------
+# The unpackings of the holders a flush touched: all a flush of packings alone needs to close them.
+HOLD_ENDS_SQL = """
+SELECT child, parent, toUnixTimestamp64Milli(event_time) FROM unpacked WHERE parent IN {holders:Array(String)}
+"""
+# The stored packings whose end an unpacking (or its retraction) may have moved: those of the pairs
+# (child, holder), and every one in the holders emptied whole (child '' unpacked). One row per edge.
+HOLD_ADDS_SQL = """
+SELECT child, parent, min(toUnixTimestamp64Milli(event_time)), edge_id, any(relation) FROM edges
+WHERE child IN {children:Array(String)} AND (child, parent) IN {pairs:Array(Tuple(String, String))}
+  AND relation IN ('packed', 'associated', 'transacted')
+GROUP BY child, parent, edge_id
+UNION ALL
+SELECT child, parent, min(toUnixTimestamp64Milli(event_time)), edge_id, any(relation) FROM edges_by_parent
+WHERE parent IN {holders:Array(String)} AND relation IN ('packed', 'associated', 'transacted')
+GROUP BY parent, child, edge_id
+"""
+# A store written before held_intervals existed: its packings and unpackings, all of them, once.
+HELD_EMPTY_SQL = """
+SELECT (SELECT count() FROM (SELECT 1 FROM held_intervals LIMIT 1)) = 0
+   AND (SELECT count() FROM (SELECT 1 FROM edges WHERE relation IN ('packed', 'associated', 'transacted') LIMIT 1)) > 0
+"""
+ALL_HOLD_ADDS_SQL = """
+SELECT child, parent, min(toUnixTimestamp64Milli(event_time)), edge_id, any(relation) FROM edges
+WHERE relation IN ('packed', 'associated', 'transacted')
+GROUP BY child, parent, edge_id
+"""
+ALL_HOLD_ENDS_SQL = "SELECT child, parent, toUnixTimestamp64Milli(event_time) FROM unpacked"
+
 PARENTS_SQL = "SELECT DISTINCT child, parent FROM edges WHERE child IN {nodes:Array(String)}"
 PARENTS_IN_WINDOW_SQL = """
 SELECT DISTINCT child, parent FROM edges WHERE child IN {nodes:Array(String)}
@@ -60,10 +89,16 @@ SELECT parent, child, argMin(relation, event_time), min(toUnixTimestamp64Milli(e
 FROM edges_by_parent WHERE parent IN {nodes:Array(String)}
 GROUP BY parent, child ORDER BY parent, child
 """
-# Containment over time (genealogy.domain.recall.containment): when things were packed, and unpacked.
+# Containment over time (genealogy.domain.recall.containment): when things were packed, and until when
+# (the intervals the sink stored, held_intervals); the unpackings themselves (the facts).
 PACKED_INTO_SQL = """
-SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM edges
-WHERE child IN {nodes:Array(String)} AND relation IN ('packed', 'associated', 'transacted')
+SELECT DISTINCT child, holder, toUnixTimestamp64Milli(from_time), toUnixTimestamp64Milli(to_time)
+FROM held_intervals FINAL WHERE child IN {nodes:Array(String)}
+"""
+# Closed intervals of these holders, whatever their child: rare (most packings are never undone).
+CLOSED_IN_SQL = """
+SELECT DISTINCT child, holder, toUnixTimestamp64Milli(from_time), toUnixTimestamp64Milli(to_time)
+FROM held_by_holder FINAL WHERE holder IN {holders:Array(String)} AND to_time IS NOT NULL
 """
 UNPACKINGS_SQL = """
 SELECT DISTINCT child, parent, toUnixTimestamp64Milli(event_time) FROM unpacked WHERE parent IN {containers:Array(String)}

@@ -80,8 +80,14 @@ class ReadModel:
             return self.rows(q.PARENTS_SQL, nodes=nodes)
         return self.rows(q.PARENTS_IN_WINDOW_SQL, nodes=nodes, since=since_ms or 0, until=until_ms or 2**62)
 
-    def packed_into(self, nodes: Iterable[str]) -> list[tuple[str, str, int]]:
+    def packed_into(self, nodes: Iterable[str]) -> list[tuple[str, str, int, int | None]]:
+        """(child, holder, from, to or None): the stored intervals (held_intervals) of the nodes' packings."""
         return self.rows(q.PACKED_INTO_SQL, nodes=sorted(set(nodes)))
+
+    def closed_in(self, holders: Iterable[str]) -> list[tuple[str, str, int, int]]:
+        """The closed intervals of these holders, by holder (held_by_holder): recall's is-anything-unpacked check."""
+        holders = sorted(set(holders))
+        return self.rows(q.CLOSED_IN_SQL, holders=holders) if holders else []
 
     def unpackings(self, containers: Iterable[str]) -> list[tuple[str, str, int]]:
         return self.rows(q.UNPACKINGS_SQL, containers=sorted(set(containers)))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 ALLOWED_TABLES = frozenset({
     "edges", "edges_by_parent", "units", "lot_members", "units_by_station", "nodes", "capture_batches",
     "station_facts", "dead_letters", "edges_final", "units_final", "dead_letters_final", "reprocessed", "corrections", "unpacked", "removals",
-    "epcis_events",
+    "epcis_events", "held_intervals",
 })
 # The database the pipeline's tables live in; `default.edges` is the same table as `edges`.
 DATABASE = "default"

@@ -37,9 +37,15 @@ class Traversals(Graph, Protocol):
 
 
 class Packing(Graph, Protocol):
-    """Optional: a graph that knows when things were packed and unpacked (genealogy.sinks.read_model.ReadModel)."""
-    def packed_into(self, nodes: list[str]) -> list[tuple[str, str, int]]: ...      # (child, container, added at)
-    def unpackings(self, containers: list[str]) -> list[tuple[str, str, int]]: ...  # (child or "" = all, container, at)
+    """Optional: a graph that knows when things were packed, and until when (genealogy.sinks.read_model.ReadModel:
+    the intervals the sink stored as the facts came, genealogy.domain.holding.intervals)."""
+    def packed_into(self, nodes: list[str]) -> list[tuple[str, str, int, int | None]]: ...  # (child, holder, from, to or None)
+
+
+class ClosedIn(Packing, Protocol):
+    """Optional, for speed: the closed intervals of these holders, whatever their child (looked up by holder).
+    Without it, _held asks packed_into for everything reached instead: the same answer, more ids shipped."""
+    def closed_in(self, holders: list[str]) -> list[tuple[str, str, int, int]]: ...  # (child, holder, from, to)
 
 
 class Rework(Packing, Protocol):
@@ -54,7 +60,7 @@ def _rework(graph: Graph) -> Rework | None:
 
 
 def _packing(graph: Graph) -> Packing | None:
-    return graph if callable(getattr(graph, "unpackings", None)) else None  # type: ignore[return-value]
+    return graph if callable(getattr(graph, "packed_into", None)) else None  # type: ignore[return-value]
 
 
 def _traversals(graph: Graph) -> Traversals | None:
@@ -252,20 +258,17 @@ def containment(graph: Packing, starts: list[str], max_levels: int = 64) -> dict
 
     A packed, associated or transacted edge child -> holder holds from its time to the first unpacking
     (end of the association, unlinking from the transaction) of that child, or of everything in the
-    holder, after it; nested, the intervals intersect. A shipment carries what its container held at
-    the shipping instant, from then on. Starts are held for all time."""
+    holder, after it (genealogy.domain.holding.intervals; the graph answers them); nested, the intervals
+    intersect. A shipment carries what its container held at the shipping instant, from then on.
+    Starts are held for all time."""
     held: dict[str, Intervals] = {s: [(-INF, INF)] for s in starts}
     frontier = sorted(set(starts))
     for _ in range(max_levels):
         if not frontier:
             break
-        adds = graph.packed_into(frontier)
-        ends: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for child, container, at in graph.unpackings(sorted({p for _, p, _ in adds})):
-            ends[(child, container)].append(at)
         grown: set[str] = set()
-        for child, container, at in adds:
-            end = min((t for t in ends[(child, container)] + ends[("", container)] if t > at), default=INF)
+        for child, container, at, to in graph.packed_into(frontier):
+            end = INF if to is None else to
             if ids.kind_of(container) == "shipment":
                 spans = [(at, INF)] if any(lo <= at < hi for lo, hi in held[child]) else []
             else:
@@ -333,10 +336,9 @@ def holding(graph: Rework, starts: list[str], within: set[str], max_levels: int 
         if not frontier:
             break
         rows = [r for r in graph.edges_up(frontier) if r[1] in within]
-        holders = sorted({p for _, p, rel, *_ in rows if rel not in MADE_WITH})
-        ends: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for child, container, at in graph.unpackings(holders) if holders else []:
-            ends[(child, container)].append(at)
+        # until when each packing held: (child, holder, from) -> to (a function of the three)
+        until = {(c, h, at): INF if to is None else to for c, h, at, to in graph.packed_into(frontier)
+                 if h in within} if any(rel not in MADE_WITH for _, _, rel, *_ in rows) else {}
         removed: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
         units = sorted({p for _, p, rel, *_ in rows if rel in MADE_WITH and ids.kind_of(p) == "serial"})
         for child, unit, at, quantity, _ in graph.removals(units) if units else []:
@@ -349,7 +351,7 @@ def holding(graph: Rework, starts: list[str], within: set[str], max_levels: int 
             elif ids.kind_of(parent) == "shipment":
                 adds[parent] += [(at, INF)] if any(lo <= at < hi for lo, hi in held[child]) else []
             else:
-                end = min((t for t in ends[(child, parent)] + ends[("", parent)] if t > at), default=INF)
+                end = until.get((child, parent, at), INF)
                 adds[parent] += [(max(lo, at), min(hi, end)) for lo, hi in held[child] if max(lo, at) < min(hi, end)]
         for (child, parent), inst in installs.items():
             adds[parent] += _intersect(held[child], pair_spans(inst, removed.get((child, parent), []), ids.kind_of(child) == "serial"))
@@ -378,19 +380,34 @@ def _merge(spans: Intervals) -> Intervals:
 
 
 def _held(graph: Graph, target: str, reached: set[str], removed: list[tuple]) -> set[str] | None:
-    """What of the reached held the target, with time: None when nothing reached was ever unpacked or
-    reworked (then everything packed stayed packed, and reach is exact). Without rework, only the
-    containers, shipments and business transactions are decided here; with it, everything."""
+    """What of the reached held the target, with time: None when nothing reached (nor the target) ever
+    left a reached holder, and nothing was reworked (then everything packed stayed packed, and reach is
+    exact). Without rework, only the containers, shipments and business transactions are decided here;
+    with it, everything."""
     packing = _packing(graph)
     packed = sorted(n for n in reached if ids.kind_of(n) in HOLDERS)
     rework = _rework(graph)
     if rework is not None and removed:
         return set(holding(rework, [target], reached | {target}))
-    if packing is None or not packed or not packing.unpackings(packed):
+    if packing is None or not packed:
         return None
     things = [target] + sorted(n for n in reached if ids.kind_of(n) not in HOLDERS)
+    if not _closed(packing, packed, things):
+        return None
     held = {n for n in containment(packing, things) if ids.kind_of(n) in HOLDERS}
     return reached - {n for n in reached if ids.kind_of(n) in HOLDERS} | held
+
+
+def _closed(packing: Packing, holders: list[str], things: list[str]) -> bool:
+    """Whether anything reached (or the target) left a reached holder: a closed interval between them.
+    Asked by holder where the graph can (few holders, and closed intervals are rare), else by child."""
+    inside = set(holders)
+    among = set(things) | inside
+    if callable(getattr(packing, "closed_in", None)):
+        rows = packing.closed_in(holders)  # type: ignore[attr-defined]
+    else:
+        rows = packing.packed_into(sorted(among))
+    return any(to is not None and child in among and holder in inside for child, holder, _, to in rows)
 
 
 def _reworked(graph: Graph, target: str, reached: set[str]) -> list[tuple]:

@@ -143,6 +143,42 @@ CREATE TABLE IF NOT EXISTS unpacked (
 ) ENGINE = ReplacingMergeTree
 ORDER BY (parent, child, event_time, source_event);
 
+-- When each holder (container, shipment, asset, location, business transaction) held each child: one row
+-- per packed, associated or transacted edge, from its time to the first unpacking of that child or of
+-- everything in the holder after it (to_time NULL: still held; genealogy.domain.holding.intervals).
+-- The sink recomputes the rows a flush touches from edges and unpacked before it commits its offsets,
+-- so any arrival order, redelivery or retraction ends in the same rows. An edge taken back leaves a
+-- row with is_deleted = 1; the newest version of a row wins: read it FINAL. "Where was X at T":
+-- SELECT holder FROM held_intervals FINAL WHERE child = X AND from_time <= T AND (to_time IS NULL OR T < to_time)
+CREATE TABLE IF NOT EXISTS held_intervals (
+    child      String,
+    holder     String,
+    edge_id    UInt64,
+    relation   LowCardinality(String),
+    from_time  DateTime64(3, 'UTC'),
+    to_time    Nullable(DateTime64(3, 'UTC')),
+    version    UInt64,
+    is_deleted UInt8
+) ENGINE = ReplacingMergeTree(version, is_deleted)
+ORDER BY (child, holder, edge_id);
+
+-- The same rows by holder: recall asks "did anything leave these containers?" (closed intervals), as
+-- edges_by_parent answers the other direction.
+CREATE TABLE IF NOT EXISTS held_by_holder (
+    holder     String,
+    child      String,
+    edge_id    UInt64,
+    relation   LowCardinality(String),
+    from_time  DateTime64(3, 'UTC'),
+    to_time    Nullable(DateTime64(3, 'UTC')),
+    version    UInt64,
+    is_deleted UInt8
+) ENGINE = ReplacingMergeTree(version, is_deleted)
+ORDER BY (holder, child, edge_id);
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS held_by_holder_mv TO held_by_holder AS
+SELECT holder, child, edge_id, relation, from_time, to_time, version, is_deleted FROM held_intervals;
+
 -- Parts taken out of units at rework (CFX MaterialsUninstalled), by unit: a consumed or installed
 -- edge child -> parent holds until as much was removed as was put in (genealogy.domain.recall.holding).
 CREATE TABLE IF NOT EXISTS removals (

@@ -2,6 +2,7 @@
 reason is what /health says."""
 
 import threading
+from contextlib import contextmanager
 
 from genealogy import schemas
 from genealogy.service import Service
@@ -12,6 +13,10 @@ from genealogy.sinks.kafka_sink import KafkaSink, Rows
 class FlakyWriter:
     def __init__(self, failures):
         self.failures, self.calls = failures, 0
+
+    @contextmanager
+    def batch(self):  # a flush is one batch of writes (Writer.batch)
+        yield
 
     def insert_derived(self, table, columns):
         pass

@@ -15,7 +15,7 @@ from genealogy.domain import ids, recall
 from tests.support.graphs import BASE_MS, MemGraph, completions, graph_params, layered
 from genealogy.sinks.writer import EDGE_COLUMNS, UNIT_COLUMNS
 
-TABLES = ["edges", "edges_by_parent", "units", "lot_members", "units_by_station", "nodes"]
+TABLES = ["edges", "edges_by_parent", "units", "lot_members", "units_by_station", "nodes", "held_intervals", "held_by_holder"]
 
 
 def load(writer, edges, lots, done=None):

@@ -7,6 +7,8 @@ from collections import defaultdict
 
 from hypothesis import strategies as st
 
+from genealogy.domain import holding
+
 BASE_MS = 1_767_600_000_000
 
 
@@ -93,8 +95,11 @@ class MemGraph:
         return {lot: list(self.members.get(lot, [])) for lot in lots}
 
     def packed_into(self, nodes):
+        """(child, holder, from, to or None), as the sink stores them: genealogy.domain.holding.intervals of the
+        packed, associated and transacted edges and the unpackings."""
         nodes = set(nodes)
-        return sorted({(c, p, t) for c, p, rel, t, _ in self.edges if c in nodes and rel in ("packed", "associated", "transacted")})
+        adds = [(c, p, t, k) for k, (c, p, rel, t, _) in enumerate(self.edges) if c in nodes and rel in holding.HELD]
+        return sorted(set(holding.intervals(adds, self.unpacks)))
 
     def edges_up(self, nodes):
         nodes = set(nodes)
