@@ -18,16 +18,14 @@ runs is one statement and exactly the one the allow-list saw.
 
 from __future__ import annotations
 
-import queue
 import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
-import clickhouse_connect
 
 from genealogy.sinks import queries
+from genealogy.sinks.capped_sessions import CappedSessions, Limits, PoolBusy
 from genealogy.sinks.sql_guard import Rejected, check
 
 __all__ = ["AnalystSql", "Limits", "Rejected", "Cancelled", "public_error"]
@@ -37,57 +35,20 @@ class Cancelled(RuntimeError):
     """The client went away; the query was stopped."""
 
 
-@dataclass(frozen=True)
-class Limits:
-    max_execution_s: float = 10.0
-    max_memory_bytes: int = 1 << 30
-    max_result_rows: int = 100_000
-    max_result_bytes: int = 64 << 20
-    max_rows_to_read: int = 0  # 0 = no cap: the tables are what an analyst is there to read
-    # Threads per analyst query: ClickHouse's default (one per core) left recall sharing every core
-    # with a heavy analyst query (bench/analyst_isolation.py: recall p95 x9 on 2 vCPUs).
-    max_threads: int = 1
-
-    def session_settings(self) -> dict:
-        """Settings of an analyst session, in order: readonly comes last, after it nothing can be set."""
-        return {
-            "max_execution_time": self.max_execution_s,
-            "timeout_overflow_mode": "throw",
-            "max_memory_usage": self.max_memory_bytes,
-            "max_result_rows": self.max_result_rows,
-            "max_result_bytes": self.max_result_bytes,
-            "result_overflow_mode": "throw",
-            "max_rows_to_read": self.max_rows_to_read,
-            "max_threads": self.max_threads,
-            "read_overflow_mode": "throw",
-            "allow_ddl": 0,
-            "allow_introspection_functions": 0,
-            "readonly": 1,
-        }
-
-
 class AnalystSql:
     def __init__(self, dsn: str, limits: Limits | None = None, sessions: int = 2, *, own_user: bool = False):
         """`own_user`: the DSN logs in as a server user whose settings profile already holds readonly and
         the caps (deploy/clickhouse-analyst.sql); such a session may not set them again."""
-        self.limits = limits or Limits()
-        settings = {} if own_user else self.limits.session_settings()
-        # A pool: analysts wait for each other (bounded by max_execution_s), never for the sink.
-        self._idle: queue.Queue = queue.Queue()
-        self._clients = [clickhouse_connect.get_client(dsn=dsn, settings=settings) for _ in range(max(1, sessions))]
-        for client in self._clients:
-            self._idle.put(client)
+        self._pool = CappedSessions(dsn, limits, sessions, own_user=own_user)
+        self.limits = self._pool.limits
 
     @contextmanager
     def _session(self) -> Iterator:
         try:
-            client = self._idle.get(timeout=self.limits.max_execution_s * 2)
-        except queue.Empty:
+            with self._pool.session() as client:
+                yield client
+        except PoolBusy:
             raise Rejected("every analyst session is busy; try again") from None
-        try:
-            yield client
-        finally:
-            self._idle.put(client)
 
     def query(self, sql: str, parameters: dict | None = None,
               cancel: threading.Event | None = None) -> tuple[list[str], list[tuple]]:
@@ -111,8 +72,7 @@ class AnalystSql:
             return columns, rows
 
     def close(self) -> None:
-        for client in self._clients:
-            client.close()
+        self._pool.close()
 
 
 def public_error(exc: BaseException) -> str:

@@ -49,15 +49,13 @@ server as the settings profile, with constraints, of the read-only ``epcis`` use
 
 from __future__ import annotations
 
-import queue
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import clickhouse_connect
 
-from genealogy.sinks.analyst import Limits
+from genealogy.sinks.capped_sessions import CappedSessions, Limits, PoolBusy
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 MAX_PAGE = 1000
@@ -290,23 +288,16 @@ class EpcisSessions:
     def __init__(self, dsn: str, limits: Limits | None = None, sessions: int = 2, *, own_user: bool = False):
         """``own_user``: the DSN logs in as a server user whose settings profile holds readonly and the caps
         (deploy/clickhouse-epcis.sql); such a session sends none of its own."""
-        self.limits = limits or Limits()
-        settings = {} if own_user else self.limits.session_settings()
-        self._idle: queue.Queue = queue.Queue()
-        self._clients = [clickhouse_connect.get_client(dsn=dsn, settings=settings) for _ in range(max(1, sessions))]
-        for client in self._clients:
-            self._idle.put(client)
+        self._pool = CappedSessions(dsn, limits, sessions, own_user=own_user)
+        self.limits = self._pool.limits
 
     @contextmanager
     def _session(self) -> Iterator:
         try:
-            client = self._idle.get(timeout=self.limits.max_execution_s * 2)
-        except queue.Empty:
+            with self._pool.session() as client:
+                yield client
+        except PoolBusy:
             raise Busy("every EPCIS query session is busy; try again") from None
-        try:
-            yield client
-        finally:
-            self._idle.put(client)
 
     def rows(self, sql: str, parameters: dict) -> list[tuple]:
         with self._session() as client:
@@ -327,8 +318,7 @@ class EpcisSessions:
         return {"user": user, **dict(rows)}
 
     def close(self) -> None:
-        for client in self._clients:
-            client.close()
+        self._pool.close()
 
 
 def events_page(sessions: EpcisSessions, query: EventQuery, after: tuple[int, str] | None,

@@ -99,7 +99,7 @@ def test_the_session_holds_its_caps_and_cannot_raise_them(make_service):
                     "max_result_rows": "2000", "result_overflow_mode": "throw", "timeout_overflow_mode": "throw",
                     "readonly": "1"}
     # ClickHouse refuses to change them: readonly=1 forbids SET and per-query SETTINGS.
-    for client in service.epcis._clients:
+    for client in service.epcis._pool.clients:
         with pytest.raises(Exception, match="readonly"):
             client.command("SET max_result_rows = 0")
         with pytest.raises(Exception, match="readonly"):
