@@ -118,6 +118,10 @@ class Recall:
     # Parts of the target (or of what contains it) taken out of reached units at rework: each with
     # ``cleared`` when the unit held none of that component any more from then on.
     reworked: list[dict] = field(default_factory=list)
+    # Where each unit reached (and the target, when a unit) is and was: its direct places (cartons, pallets, shipments, assets,
+    # locations) with from/to (to None: still there). None when more than WHERE_MAX units were reached:
+    # then trace gives it unit by unit.
+    where: dict[str, list[dict]] | None = None
 
     @property
     def lot_scope_count(self) -> int:
@@ -137,6 +141,7 @@ class Recall:
             "assets": self.assets,
             "locations": self.locations,
             "reworked": self.reworked,
+            "where": self.where,
             "widened_by": self.widened_by,
             "levels": self.levels,
         }
@@ -437,7 +442,25 @@ def _scope(graph: Graph, target: str, reached: set[str], levels: int, lot_scope:
     lots = sorted(set(by_kind["lot"]) | set(unit_lots.values()))
     return Recall(target, since_ms, until_ms, units, lots, by_kind["container"], by_kind["shipment"],
                   lot_scope, levels, _widening_lots(graph, by_kind["lot"]), by_kind["transaction"],
-                  by_kind["asset"], by_kind["location"], _rework_rows(graph, removed))
+                  by_kind["asset"], by_kind["location"], _rework_rows(graph, removed),
+                  _where(graph, units + ([target] if ids.kind_of(target) == "serial" else [])))
+
+
+# Most units a recall lists the places of (one lookup of their intervals, ~25 ms per 5,000 ids shipped).
+WHERE_MAX = 10_000
+
+
+def _where(graph: Graph, units: list[str]) -> dict[str, list[dict]] | None:
+    """Each unit's direct places with from/to, from the stored intervals; orders are not places."""
+    packing = _packing(graph)
+    if packing is None or len(units) > WHERE_MAX:
+        return None
+    out: dict[str, list[dict]] = {}
+    rows = set(packing.packed_into(units)) if units else set()
+    for child, holder, lo, hi in sorted(rows, key=lambda r: (r[0], r[1], r[2], INF if r[3] is None else r[3])):
+        if ids.kind_of(holder) != "transaction":
+            out.setdefault(child, []).append({"node": holder, "from_ms": lo, "to_ms": hi})
+    return out
 
 
 def _rework_rows(graph: Graph, removed: list[tuple]) -> list[dict]:

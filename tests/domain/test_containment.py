@@ -88,6 +88,9 @@ def test_a_carton_shipped_after_the_unit_left_it_is_not_in_the_units_recall():
     r = recall.recall(unpacked, "lot:C:BAD")
     assert (r.containers, r.shipments, r.transactions) == (
         ["container:sscc:A", "container:sscc:B"], ["shipment:shipment:S2"], ["transaction:desadv:D2"])
+    # Where the unit was and is, in the recall itself.
+    assert r.where == {"serial:P:U": [{"node": "container:sscc:A", "from_ms": T0 + 1_000, "to_ms": T0 + 2_000},
+                                      {"node": "container:sscc:B", "from_ms": T0 + 3_000, "to_ms": None}]}
     # Without the unpacking, the unit stayed in A too, and A's shipment carried it.
     r = recall.recall(MemGraph(edges, {}), "lot:C:BAD")
     assert r.shipments == ["shipment:shipment:S1", "shipment:shipment:S2"]

@@ -75,6 +75,13 @@ def test_unpacked_units_leave_the_carton_and_its_shipment_in_either_arrival_orde
             assert r["shipments"] == sorted(n for n in expected if n.startswith("shipment:")), unit
             assert r["business_transactions"] == sorted(n for n in expected if n.startswith("transaction:")), unit
 
+            # The recall itself says where the unit was and is: its direct cartons, from/to.
+            direct = {reference.nid(e["container"]) for k, e in captured
+                      if k == "genealogy.Packed" and any(reference.nid(c) == r["target"] for c in e["contents"])}
+            assert {w["node"] for w in r["where"].get(r["target"], [])} == direct, unit
+            last = (late_units if unit in late_units else early_units).index(unit) == 4  # the unit of the emptied carton E
+            assert sum(w["to_ms"] is None for w in r["where"].get(r["target"], [])) == (0 if last else 1)
+
             code, t = client.get("/trace", serial=unit)
             assert code == 200, t
             assert {c["node"] for c in t["containment"]} == {n for n in expected if not n.startswith("transaction:")}
