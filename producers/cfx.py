@@ -450,6 +450,25 @@ def _completed(msg: _Msg, out: MapResult, finished: bool) -> None:
     _each(msg, out, key, units, build)
 
 
+def _parts(msg: _Msg, i: int, where: str, m: dict, components_key: str, quantity_key: str, default: float,
+           done: str, why_no_quantity: str = "") -> list[tuple[str, dict, float]]:
+    """(event id, component, quantity) of an InstalledMaterial or UninstalledMaterial entry: one per
+    sub-assembly with a serial (InstalledComponent.InstalledUnitIdentifier), else its package's parts."""
+    components = [c for c in (m.get(components_key) or []) if isinstance(c, dict)]
+    serials = [(k, _opt(c, "InstalledUnitIdentifier")) for k, c in enumerate(components) if _opt(c, "InstalledUnitIdentifier")]
+    if serials:
+        item = _opt(m.get("Material"), "InternalPartNumber")
+        if not item:
+            raise Bad(f"{where}.Material.InternalPartNumber: missing, so the {done} sub-assemblies' part number is unknown")
+        return [(f"{msg.uid}#{i}#{k}", ref(node("serial", item, serial, f"{where}.{components_key}[{k}].InstalledUnitIdentifier")), 1.0)
+                for k, serial in serials]
+    component = _package(m.get("Material"), f"{where}.Material")
+    quantity = m.get(quantity_key) or len(components) or default
+    if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
+        raise Bad(f"{where}.{quantity_key}: {quantity!r} is not a positive number{why_no_quantity}")
+    return [(f"{msg.uid}#{i}", component, float(quantity))]
+
+
 def _installed(msg: _Msg, out: MapResult) -> None:
     """One ComponentInstalled per installed sub-assembly that has a serial (InstalledComponents[].
     InstalledUnitIdentifier); else one for the package (lot) the entry installed from."""
@@ -458,21 +477,10 @@ def _installed(msg: _Msg, out: MapResult) -> None:
 
     def build(i: int, where: str, m: dict) -> list[Event]:
         unit = _unit(m, idents[i], where, msg)
-        components = [c for c in (m.get("InstalledComponents") or []) if isinstance(c, dict)]
-        serials = [(k, _opt(c, "InstalledUnitIdentifier")) for k, c in enumerate(components) if _opt(c, "InstalledUnitIdentifier")]
-        if serials:
-            item = _opt(m.get("Material"), "InternalPartNumber")
-            if not item:
-                raise Bad(f"{where}.Material.InternalPartNumber: missing, so the installed sub-assemblies' part number is unknown")
-            return [event("ComponentInstalled", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms, station=msg.station,
-                          unit=unit, component=ref(node("serial", item, serial, f"{where}.InstalledComponents[{k}].InstalledUnitIdentifier")),
-                          quantity=1.0, operator=None) for k, serial in serials] + _installed_stages(msg, m, unit, where)
-        component = _package(m.get("Material"), f"{where}.Material")
-        quantity = m.get("QuantityInstalled") or len(components) or 1.0
-        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
-            raise Bad(f"{where}.QuantityInstalled: {quantity!r} is not a positive number")
-        return [event("ComponentInstalled", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
-                      unit=unit, component=component, quantity=float(quantity), operator=None)] + _installed_stages(msg, m, unit, where)
+        return [event("ComponentInstalled", event_id=event_id, event_ms=msg.event_ms, station=msg.station, unit=unit,
+                      component=component, quantity=quantity, operator=None)
+                for event_id, component, quantity in _parts(msg, i, where, m, "InstalledComponents", "QuantityInstalled",
+                                                            1.0, "installed")] + _installed_stages(msg, m, unit, where)
     _each(msg, out, "InstalledMaterials", entries, build)
 
 
@@ -485,21 +493,11 @@ def _uninstalled(msg: _Msg, out: MapResult) -> None:
     def build(i: int, where: str, m: dict) -> list[Event]:
         unit = _unit(m, idents[i], where, msg)
         reason = _opt(m, "Reason") or "Other"
-        components = [c for c in (m.get("UninstalledComponents") or []) if isinstance(c, dict)]
-        serials = [(k, _opt(c, "InstalledUnitIdentifier")) for k, c in enumerate(components) if _opt(c, "InstalledUnitIdentifier")]
-        if serials:
-            item = _opt(m.get("Material"), "InternalPartNumber")
-            if not item:
-                raise Bad(f"{where}.Material.InternalPartNumber: missing, so the removed sub-assemblies' part number is unknown")
-            return [event("ComponentRemoved", event_id=f"{msg.uid}#{i}#{k}", event_ms=msg.event_ms, station=msg.station,
-                          unit=unit, component=ref(node("serial", item, serial, f"{where}.UninstalledComponents[{k}].InstalledUnitIdentifier")),
-                          quantity=1.0, reason=reason, operator=None) for k, serial in serials]
-        component = _package(m.get("Material"), f"{where}.Material")
-        quantity = m.get("QuantityUninstalled") or len(components)
-        if isinstance(quantity, bool) or not isinstance(quantity, (int, float)) or quantity <= 0:
-            raise Bad(f"{where}.QuantityUninstalled: {quantity!r} is not a positive number, and no UninstalledComponents say how many")
-        return [event("ComponentRemoved", event_id=f"{msg.uid}#{i}", event_ms=msg.event_ms, station=msg.station,
-                      unit=unit, component=component, quantity=float(quantity), reason=reason, operator=None)]
+        return [event("ComponentRemoved", event_id=event_id, event_ms=msg.event_ms, station=msg.station, unit=unit,
+                      component=component, quantity=quantity, reason=reason, operator=None)
+                for event_id, component, quantity in _parts(
+                    msg, i, where, m, "UninstalledComponents", "QuantityUninstalled", 0, "removed",
+                    ", and no UninstalledComponents say how many")]
     _each(msg, out, "UninstalledMaterials", entries, build)
 
 
